@@ -1,0 +1,1 @@
+"""Pytest plugin: the real local stack once per session, unique topic names per test, builders."""

@@ -1,0 +1,3 @@
+from loopline_cli.app import main
+
+main()

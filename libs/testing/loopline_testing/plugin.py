@@ -1,0 +1,96 @@
+"""Fixtures that bring the real local stack up once per test session (no mocks of its servers)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from loopline_core.kafka import Publisher, TopicNamer, ensure_topics
+from loopline_core.objstore import ObjectStore
+from loopline_stack import Stack, StackState
+from loopline_stack.stack import StackConfig
+
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackState]:
+    """Start Tansu, PostgreSQL and SeaweedFS for this session; export their LOOPLINE_* variables."""
+    state_dir = ROOT / ".loopline" / f"test-stack-{os.getpid()}"
+    st = Stack(StackConfig(state_dir=state_dir, timeout_s=90))
+    state = st.up()
+    saved = {k: os.environ.get(k) for k in state.env}
+    os.environ.update(state.env)
+    try:
+        yield state
+    finally:
+        st.down()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def bootstrap(stack: StackState) -> str:
+    return stack.env["LOOPLINE_KAFKA_BOOTSTRAP"]
+
+
+@pytest.fixture
+def pg_dsn(stack: StackState) -> str:
+    return stack.env["LOOPLINE_POSTGRES_DSN"]
+
+
+@pytest.fixture
+def store(stack: StackState) -> ObjectStore:
+    return ObjectStore(stack.env["LOOPLINE_S3_ENDPOINT"], stack.env["LOOPLINE_S3_ACCESS_KEY"],
+                       stack.env["LOOPLINE_S3_SECRET_KEY"])
+
+
+@pytest.fixture
+async def namer(bootstrap: str) -> TopicNamer:
+    """A topic namer with a prefix unique to this test, its platform topics created."""
+    n = TopicNamer(prefix=f"t{uuid.uuid4().hex[:10]}")
+    await ensure_topics(bootstrap, n.platform_topics(), partitions=3)
+    return n
+
+
+@pytest.fixture
+async def publisher(bootstrap: str) -> AsyncIterator[Publisher]:
+    pub = Publisher(bootstrap, client_id="test")
+    await pub.start()
+    yield pub
+    await pub.stop()
+
+
+_SPANS = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Record spans in memory for the whole session, so tests can follow a trace across Kafka."""
+    global _SPANS  # noqa: PLW0603 - the tracer provider is process-global by OpenTelemetry's design
+    from opentelemetry import trace  # noqa: PLC0415
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: PLC0415
+
+    _SPANS = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_SPANS))
+    trace.set_tracer_provider(provider)
+
+
+@pytest.fixture
+def spans():  # type: ignore[no-untyped-def]
+    """The in-memory span exporter, cleared for this test."""
+    assert _SPANS is not None
+    _SPANS.clear()
+    return _SPANS
