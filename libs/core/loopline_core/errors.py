@@ -25,17 +25,18 @@ class ErrorKind(enum.StrEnum):
 class LooplineError(Exception):
     """A domain error carrying an :class:`ErrorKind` and a human-readable reason."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, details: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.details = details or {}
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.message}"
 
 
-def invalid(message: str) -> LooplineError:
-    return LooplineError(ErrorKind.INVALID_ARGUMENT, message)
+def invalid(message: str, **details: str) -> LooplineError:
+    return LooplineError(ErrorKind.INVALID_ARGUMENT, message, details)
 
 
 def not_found(message: str) -> LooplineError:

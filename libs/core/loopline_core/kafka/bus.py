@@ -183,7 +183,7 @@ class Consumer(Generic[T]):
                                                                             "error": str(exc)})
                     metrics.BUS_CONSUMED.labels(record.topic, "retry").inc()
                     return False
-                await self._dead_letter(record, exc.message, exc.kind.value)
+                await self._dead_letter(record, exc.message, exc.kind.value, exc.details)
                 return True
             except Exception as exc:  # noqa: BLE001 - unknown failures are retried, never dropped
                 log.warning("handler failed, will redeliver", exc_info=True,
@@ -194,10 +194,12 @@ class Consumer(Generic[T]):
         metrics.BUS_HANDLE_SECONDS.labels(record.topic).observe(time.perf_counter() - started)
         return True
 
-    async def _dead_letter(self, record: Record, reason: str, kind: str) -> None:
+    async def _dead_letter(self, record: Record, reason: str, kind: str,
+                           details: dict[str, str] | None = None) -> None:
         topic = self.dead_letter_for(record.topic)
         headers = [*record.headers, (DLQ_REASON, reason.encode()), (DLQ_KIND, kind.encode()),
                    (DLQ_SOURCE, f"{record.topic}/{record.partition}/{record.offset}".encode())]
+        headers += [(f"x-loopline-dlq-{k}", v.encode()) for k, v in (details or {}).items()]
         ctype = record.header(CONTENT_TYPE) or "application/octet-stream"
         await self.publisher.publish(topic, record.value, key=record.key, headers=headers, content_type=ctype,
                                      message_type=record.header(MESSAGE_TYPE))

@@ -32,6 +32,9 @@ class TopicNamer:
     def training_requests(self) -> str:
         return f"{self.prefix}.training.requests"
 
+    def training_results(self) -> str:
+        return f"{self.prefix}.training.results"
+
     def model_events(self) -> str:
         return f"{self.prefix}.models.events"
 
@@ -56,7 +59,7 @@ class TopicNamer:
     def platform_topics(self, datasets: tuple[str, ...] = ("transactions",),
                         models: tuple[str, ...] = ("fraud",)) -> list[str]:
         """The topics the local stack creates up front."""
-        names = [self.training_requests(), self.model_events(), self.alerts()]
+        names = [self.training_requests(), self.training_results(), self.model_events(), self.alerts()]
         for d in datasets:
             names += [self.raw(d), self.ingested(d), self.valid(d), self.dlq(d), self.labels(d)]
         names += [self.predictions(m) for m in models]

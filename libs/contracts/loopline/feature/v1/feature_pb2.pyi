@@ -20,6 +20,72 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class BuildTrainingSetRequest(_message.Message):
+    """BuildTrainingSetRequest names the feature view and the label source."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    feature_view: _builtins.str
+    dataset: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Only labelled events at or before this time (unset: all)."""
+
+    def __init__(
+        self,
+        *,
+        feature_view: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "feature_view", b"feature_view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildTrainingSetRequest: _TypeAlias = BuildTrainingSetRequest  # noqa: Y015
+
+@_typing.final
+class BuildTrainingSetResponse(_message.Message):
+    """BuildTrainingSetResponse locates the snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    POSITIVES_FIELD_NUMBER: _builtins.int
+    FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """s3://bucket/key of an .npz with X (float32), y (float32), event_time (float64), feature_names."""
+    digest: _builtins.str
+    """sha256 of the snapshot bytes."""
+    rows: _builtins.int
+    positives: _builtins.int
+    @_builtins.property
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        positives: _builtins.int = ...,
+        feature_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "feature_names", b"feature_names", "positives", b"positives", "rows", b"rows", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildTrainingSetResponse: _TypeAlias = BuildTrainingSetResponse  # noqa: Y015
+
+@_typing.final
 class GetOnlineFeaturesRequest(_message.Message):
     """GetOnlineFeaturesRequest names a feature view and the entities wanted."""
 
@@ -27,18 +93,26 @@ class GetOnlineFeaturesRequest(_message.Message):
 
     FEATURE_VIEW_FIELD_NUMBER: _builtins.int
     ENTITY_IDS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     feature_view: _builtins.str
     @_builtins.property
     def entity_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """Compute the window aggregates as of this event time, with the same definition as the offline
+        log (point-in-time correct). Unset: the latest values from the online table.
+        """
+
     def __init__(
         self,
         *,
         feature_view: _builtins.str = ...,
         entity_ids: _abc.Iterable[_builtins.str] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_ids", b"entity_ids", "feature_view", b"feature_view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "entity_ids", b"entity_ids", "feature_view", b"feature_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -85,7 +159,9 @@ class FeatureRow(_message.Message):
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property
-    def event_time(self) -> _timestamp_pb2.Timestamp: ...
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """Event time of the newest event the values include: how fresh they are."""
+
     def __init__(
         self,
         *,

@@ -40,6 +40,11 @@ class FeatureServiceStub(object):
                 request_serializer=loopline_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesRequest.SerializeToString,
                 response_deserializer=loopline_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesResponse.FromString,
                 _registered_method=True)
+        self.BuildTrainingSet = channel.unary_unary(
+                '/loopline.feature.v1.FeatureService/BuildTrainingSet',
+                request_serializer=loopline_dot_feature_dot_v1_dot_feature__pb2.BuildTrainingSetRequest.SerializeToString,
+                response_deserializer=loopline_dot_feature_dot_v1_dot_feature__pb2.BuildTrainingSetResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer(object):
@@ -53,6 +58,14 @@ class FeatureServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuildTrainingSet(self, request, context):
+        """BuildTrainingSet joins the offline log with labels, point-in-time correct, and stores the
+        result as a content-addressed snapshot in the object store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.GetOnlineFeatures,
                     request_deserializer=loopline_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesRequest.FromString,
                     response_serializer=loopline_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesResponse.SerializeToString,
+            ),
+            'BuildTrainingSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuildTrainingSet,
+                    request_deserializer=loopline_dot_feature_dot_v1_dot_feature__pb2.BuildTrainingSetRequest.FromString,
+                    response_serializer=loopline_dot_feature_dot_v1_dot_feature__pb2.BuildTrainingSetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class FeatureService(object):
             '/loopline.feature.v1.FeatureService/GetOnlineFeatures',
             loopline_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesRequest.SerializeToString,
             loopline_dot_feature_dot_v1_dot_feature__pb2.GetOnlineFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuildTrainingSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.feature.v1.FeatureService/BuildTrainingSet',
+            loopline_dot_feature_dot_v1_dot_feature__pb2.BuildTrainingSetRequest.SerializeToString,
+            loopline_dot_feature_dot_v1_dot_feature__pb2.BuildTrainingSetResponse.FromString,
             options,
             channel_credentials,
             insecure,

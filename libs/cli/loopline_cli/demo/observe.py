@@ -1,0 +1,95 @@
+"""Watches the platform's own topics (model events, alerts, training results, dead letters) for the
+demo's live view and timeline. It only reads: nothing it does changes the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer
+
+from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline.registry.v1 import registry_pb2
+from loopline.trainer.v1.events_pb2 import TrainingCompleted
+from loopline_core.kafka import TopicNamer
+from loopline_core.kafka.bus import DLQ_REASON
+
+
+@dataclass
+class Moment:
+    at: float
+    kind: str
+    text: str
+    version: int = 0
+
+
+@dataclass
+class Observed:
+    timeline: list[Moment] = field(default_factory=list)
+    champion: int = 0
+    versions: list[int] = field(default_factory=list)
+    alerts: int = 0
+    dead_letters: int = 0
+    dlq_reasons: list[str] = field(default_factory=list)
+    trainings: list[TrainingCompleted] = field(default_factory=list)
+
+
+class Observer:
+    def __init__(self, bootstrap: str, namer: TopicNamer) -> None:
+        self.namer = namer
+        self.seen = Observed()
+        self._consumer = AIOKafkaConsumer(
+            namer.model_events(), namer.alerts(), namer.training_results(), namer.dlq("transactions"),
+            bootstrap_servers=bootstrap, group_id=f"demo-observer-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest", enable_auto_commit=False)
+        self._stop = asyncio.Event()
+
+    def note(self, kind: str, text: str, version: int = 0) -> None:
+        self.seen.timeline.append(Moment(time.time(), kind, text, version))
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        try:
+            while not self._stop.is_set():
+                batches = await self._consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for r in records:
+                        self._handle(r.topic, r.value, dict(r.headers or ()))
+        finally:
+            await self._consumer.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _handle(self, topic: str, value: bytes, headers: dict[str, bytes]) -> None:
+        s = self.seen
+        if topic == self.namer.model_events():
+            e = registry_pb2.ModelChanged.FromString(value)
+            if e.kind == registry_pb2.MODEL_EVENT_KIND_REGISTERED:
+                s.versions.append(e.version)
+                self.note("registered", f"{e.model_name} v{e.version} registered (signed)", e.version)
+            elif e.alias == "champion":
+                s.champion = e.version
+                self.note("promoted", f"champion -> v{e.version}: {e.reason}", e.version)
+            else:
+                self.note("alias", f"{e.alias} -> v{e.version}: {e.reason}", e.version)
+        elif topic == self.namer.alerts():
+            a = DriftAlertRaised.FromString(value)
+            s.alerts += 1
+            worst = max(a.feature_scores.items(), key=lambda kv: kv[1])
+            self.note("alert", f"drift on v{a.model_version}: {a.statistic} {worst[0]}={worst[1]:.2f}",
+                      a.model_version)
+        elif topic == self.namer.training_results():
+            t = TrainingCompleted.FromString(value)
+            s.trainings.append(t)
+            if t.succeeded:
+                m = dict(t.metrics)
+                extra = f", champion on the same test set {m['champion_auc']:.3f}" if "champion_auc" in m else ""
+                self.note("trained", f"v{t.version} trained: auc {m.get('auc', 0):.3f}{extra}", int(t.version))
+            else:
+                self.note("trained", f"training failed: {t.error}")
+        else:
+            s.dead_letters += 1
+            s.dlq_reasons.append(headers.get(DLQ_REASON, b"?").decode())

@@ -1,0 +1,66 @@
+"""The demo's HTML report: drift over time, accuracy with delayed labels, latency, the model timeline."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from loopline_cli.demo.observe import Observed
+from loopline_cli.demo.traffic import TrafficStats
+from loopline_ml.drift import auc
+
+
+def rolling_auc(stats: TrafficStats, window: int = 300, step: int = 50) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    s = stats.scores
+    for end in range(window, len(s) + 1, step):
+        chunk = s[end - window:end]
+        xs.append(chunk[-1].at)
+        ys.append(auc(np.array([c.label for c in chunk]), np.array([c.score for c in chunk])))
+    return xs, ys
+
+
+def write(path: Path, stats: TrafficStats, seen: Observed, drift: list[dict[str, Any]], started: float,
+          drift_at: float | None, summary: dict[str, Any], threshold: float) -> Path:
+    fig = make_subplots(rows=4, cols=1, vertical_spacing=0.07, subplot_titles=(
+        "Drift: largest per-feature PSI of the monitor's window, by serving version",
+        "Ranking quality with delayed labels: rolling AUC of served scores (300 transactions)",
+        "ModelInfer latency seen by the client (tritonclient, gRPC round trip), ms",
+        "Model timeline"))
+
+    def rel(t: float) -> float:
+        return t - started
+
+    for version in sorted({d["version"] for d in drift}):
+        pts = [d for d in drift if d["version"] == version]
+        fig.add_trace(go.Scatter(x=[rel(d["at"]) for d in pts], y=[d["max"] for d in pts], mode="lines+markers",
+                                 name=f"PSI v{version}"), row=1, col=1)
+    fig.add_hline(y=threshold, line_dash="dash", annotation_text="alert threshold", row=1, col=1)
+    xs, ys = rolling_auc(stats)
+    fig.add_trace(go.Scatter(x=[rel(x) for x in xs], y=ys, mode="lines", name="rolling AUC"), row=2, col=1)
+    fig.add_trace(go.Scatter(x=[rel(s.at) for s in stats.scores], y=[s.latency_ms for s in stats.scores],
+                             mode="markers", marker={"size": 3}, name="latency"), row=3, col=1)
+    kinds = {"registered": 1, "trained": 2, "alert": 3, "promoted": 4, "alias": 4, "drift": 5}
+    fig.add_trace(go.Scatter(x=[rel(m.at) for m in seen.timeline], y=[kinds.get(m.kind, 0) for m in seen.timeline],
+                             mode="markers+text", text=[m.kind for m in seen.timeline], textposition="top center",
+                             hovertext=[m.text for m in seen.timeline], name="events"), row=4, col=1)
+    if drift_at:
+        for row in (1, 2, 3, 4):
+            fig.add_vline(x=rel(drift_at), line_dash="dot", line_color="red", row=row, col=1)
+    fig.update_xaxes(title_text="seconds since the demo started")
+    fig.update_layout(height=1400, showlegend=True, title="Loopline demo: the loop, turning")
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
+    moments = "".join(f"<li><b>{rel(m.at):6.1f}s</b> {html.escape(m.text)}</li>" for m in seen.timeline)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Loopline demo report</title></head><body>"
+            f"<h1>Loopline demo report</h1><p>{time.strftime('%Y-%m-%d %H:%M:%S')}</p><table>{rows}</table>"
+            f"<h2>Timeline</h2><ol>{moments}</ol>"
+            f"{fig.to_html(full_html=False, include_plotlyjs='inline')}</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+    return path

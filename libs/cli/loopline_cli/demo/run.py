@@ -1,0 +1,139 @@
+"""`loopline demo`: the stack, the eight services, the scenario, live progress, the report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from loopline_cli.demo import report
+from loopline_cli.demo.scenario import ScenarioConfig, ScenarioResult, run_scenario
+from loopline_core.kafka import TopicNamer
+from loopline_core.objstore import ObjectStore
+from loopline_stack import Stack, StackError
+from loopline_stack.services import ServiceSet
+from loopline_stack.stack import StackConfig
+
+console = Console(stderr=True)
+PSI_THRESHOLD = 0.25
+MONITOR_ENV = {"LOOPLINE_MONITOR_PSI_THRESHOLD": str(PSI_THRESHOLD), "LOOPLINE_MONITOR_EVERY": "100",
+               "LOOPLINE_MONITOR_WINDOW": "400"}
+
+
+def service_env() -> dict[str, dict[str, str]]:
+    return {"monitor": MONITOR_ENV, "retrainer": {"LOOPLINE_RETRAINER_FRESH_LABELS": "1500",
+                                                  "LOOPLINE_RETRAINER_WINDOW_ROWS": "3000"}}
+
+
+def _view(result_started: float, phase: str, scenario: dict[str, object]) -> Table:
+    t = Table(title=f"Loopline demo - {phase}", show_header=False)
+    t.add_row("elapsed", f"{time.time() - result_started:5.1f}s")
+    for k, v in scenario.items():
+        t.add_row(k, str(v))
+    return t
+
+
+async def _demo(stack_env: dict[str, str], services: ServiceSet, cfg: ScenarioConfig, out_dir: Path) -> int:
+    namer = TopicNamer()
+    phase = {"now": "starting"}
+    holder: dict[str, object] = {}
+
+    def progress(msg: str) -> None:
+        phase["now"] = msg
+        if not console.is_terminal:
+            console.print(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+    task = asyncio.create_task(run_scenario(
+        stack_env["LOOPLINE_KAFKA_BOOTSTRAP"], namer, f"127.0.0.1:{services.ports['feature']}",
+        f"127.0.0.1:{services.ports['inference']}", cfg, progress))
+    started = time.time()
+    last_print = 0.0
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while not task.done():
+            await asyncio.sleep(0.25)
+            # the scenario's live objects are only reachable through the task's frame; show counters we own
+            holder.update(_counters(task))
+            if console.is_terminal:
+                live.update(_view(started, phase["now"], holder))
+            elif time.time() - last_print > 10:
+                last_print = time.time()
+                console.print(json.dumps({"phase": phase["now"], **{k: str(v) for k, v in holder.items()}}))
+    result = task.result()
+    return await _finish(result, stack_env, cfg, out_dir)
+
+
+def _counters(task: asyncio.Task[ScenarioResult]) -> dict[str, object]:
+    coro = task.get_coro()
+    frame = getattr(coro, "cr_frame", None)
+    if frame is None:
+        return {}
+    traffic, observer = frame.f_locals.get("traffic"), frame.f_locals.get("observer")
+    if traffic is None or observer is None:
+        return {}
+    s, o = traffic.stats, observer.seen
+    last = o.timeline[-1].text if o.timeline else ""
+    return {"transactions produced": s.produced, "malformed sent": s.malformed, "dead-lettered": o.dead_letters,
+            "labels delivered": s.labels, "scored": s.scored, "serving version": s.serving_version or "-",
+            "versions registered": ", ".join(f"v{v}" for v in o.versions) or "-", "drift alerts": o.alerts,
+            "champion": f"v{o.champion}" if o.champion else "-", "last event": last}
+
+
+async def _finish(result: ScenarioResult, stack_env: dict[str, str], cfg: ScenarioConfig, out_dir: Path) -> int:
+    store = ObjectStore(stack_env["LOOPLINE_S3_ENDPOINT"], stack_env["LOOPLINE_S3_ACCESS_KEY"],
+                        stack_env["LOOPLINE_S3_SECRET_KEY"])
+    drift = [json.loads(await store.get_bytes("loopline-reports", k))
+             for k in await store.list_keys("loopline-reports", "drift/fraud/")]
+    s, o = result.traffic.stats, result.observer.seen
+    lat = sorted(x.latency_ms for x in s.scores)
+    summary = {
+        "completed": result.completed, "wall time (s)": round(time.time() - result.started, 1),
+        "transactions": s.produced, "malformed -> dead letters": f"{s.malformed} -> {o.dead_letters}",
+        "labels": s.labels, "scored": s.scored, "scored by version": dict(sorted(s.by_version.items())),
+        "versions registered": o.versions, "drift alerts": o.alerts, "final serving version": result.final_version,
+        "client latency p50/p99 (ms)": f"{lat[len(lat) // 2]:.1f} / {lat[int(len(lat) * 0.99)]:.1f}" if lat else "-",
+    }
+    path = report.write(out_dir / f"loopline-demo-{time.strftime('%Y%m%d-%H%M%S')}.html", s, o, drift,
+                        result.started, result.drift_at, summary, PSI_THRESHOLD)
+    await store.put_bytes("loopline-reports", f"demo/{path.name}", path.read_bytes(), content_type="text/html")
+    table = Table(title="Loopline demo summary", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, str(v))
+    console.print(table)
+    for m in o.timeline:
+        console.print(f"  {m.at - result.started:6.1f}s  {m.text}")
+    console.print(f"[bold]report:[/] {path.resolve()}")
+    print(path.resolve())  # noqa: T201 - the report path on stdout, for scripts
+    return 0 if result.completed else 1
+
+
+def run_demo(minutes: float = 5.0, state_dir: Path | None = None) -> int:
+    t0 = time.monotonic()
+    cfg = StackConfig.from_env(state_dir or Path(".loopline/demo"))
+    stack = Stack(cfg, progress=lambda m: console.print(f"[cyan]•[/] {m}"))
+    try:
+        state = stack.up()
+    except StackError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 1
+    services = ServiceSet(state.env, cfg.state_dir.parent / "demo-logs", service_env())
+    try:
+        console.print("[cyan]•[/] starting the eight services as separate processes")
+        services.start(progress=lambda m: console.print(f"[cyan]•[/] {m}"))
+        budget = minutes * 60 - (time.monotonic() - t0) - 30
+        return asyncio.run(_demo(state.env, services, ScenarioConfig(deadline_s=max(budget, 60)), Path("reports")))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - report any failure in one line, then clean up
+        console.print(f"[bold red]demo failed:[/] {exc} (service logs in {cfg.state_dir.parent / 'demo-logs'})")
+        return 1
+    finally:
+        console.print("[cyan]•[/] stopping services and the stack")
+        services.stop()
+        stack.down(keep_data=False) if "--keep" not in sys.argv else None
+        console.print(f"demo took {time.monotonic() - t0:.0f}s")

@@ -1,0 +1,1 @@
+"""What the trainer, inference and the monitor share about models: the network, the artifact, drift."""

@@ -1,0 +1,39 @@
+"""Signed artifacts in the object store: upload once, download and verify before use."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from loopline_core.objstore import ObjectStore
+from loopline_core.signing import SigningKey, TrustStore, sign_dir
+from loopline_ml.artifact import ScoringModel, load
+
+MODELS = "loopline-models"
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    u = urlparse(uri)
+    return u.netloc, u.path.lstrip("/")
+
+
+async def upload_signed(objects: ObjectStore, key: SigningKey, model_dir: Path, prefix: str) -> tuple[str, str, str]:
+    """Sign ``model_dir``; upload it and the bundle under ``prefix``; return (artifact, signature, key id)."""
+    sig = model_dir.parent / "model.sig"
+    key_id = sign_dir(model_dir, key, sig)
+    await objects.put_dir(MODELS, f"{prefix}/model", model_dir)
+    await objects.put_bytes(MODELS, f"{prefix}/model.sig", sig.read_bytes(), metadata={"signer-key-id": key_id})
+    return f"s3://{MODELS}/{prefix}/model", f"s3://{MODELS}/{prefix}/model.sig", key_id
+
+
+async def fetch_verified(objects: ObjectStore, trust: TrustStore, artifact_uri: str, signature_uri: str,
+                         key_id: str, into: Path | None = None) -> ScoringModel:
+    """Download an artifact and its signature, verify against ``trust``, then load it."""
+    work = into or Path(tempfile.mkdtemp(prefix="loopline-artifact-"))
+    bucket, prefix = split_uri(artifact_uri)
+    await objects.get_dir(bucket, prefix, work / "model")
+    sbucket, skey = split_uri(signature_uri)
+    (work / "model.sig").write_bytes(await objects.get_bytes(sbucket, skey))
+    trust.verify(work / "model", work / "model.sig", key_id)
+    return load(work / "model")

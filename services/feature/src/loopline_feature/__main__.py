@@ -1,0 +1,3 @@
+from loopline_feature.main import run
+
+run()

@@ -1,0 +1,3 @@
+from loopline_ingest.main import run
+
+run()

@@ -1,0 +1,27 @@
+"""Composition root of ingest: settings -> runtime -> Postgres dedupe -> consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loopline_core import runtime
+from loopline_core.db import create_pool, migrate
+from loopline_core.service import serve_until, start_runtime
+from loopline_ingest.adapters.dedupe import MIGRATIONS, SCHEMA, SeenEvents
+from loopline_ingest.handlers.raw import RawHandler
+from loopline_ingest.settings import Settings
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = Settings()  # type: ignore[call-arg]
+    rt = await start_runtime("ingest", settings)
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
+    await migrate(pool, SCHEMA, MIGRATIONS)
+    handler = RawHandler(SeenEvents(pool), rt.publisher, rt.namer, settings.ingest_entity_field)
+    rt.consumer([rt.namer.raw(d) for d in settings.ingest_datasets], handler.decode, handler.on_raw)
+    rt.closers.append(pool.close)
+    await serve_until(rt, stop)
+
+
+def run() -> None:
+    runtime.run(main)

@@ -1,0 +1,3 @@
+from loopline_monitor.main import run
+
+run()

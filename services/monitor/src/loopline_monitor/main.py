@@ -1,0 +1,33 @@
+"""Composition root of the monitor: Postgres, references, consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from loopline_core import runtime
+from loopline_core.db import create_pool, migrate
+from loopline_core.objstore import ObjectStore
+from loopline_core.service import serve_until, start_runtime
+from loopline_core.signing import TrustStore
+from loopline_monitor.adapters.references import References
+from loopline_monitor.adapters.store import MIGRATIONS, SCHEMA, MonitorStore
+from loopline_monitor.handlers.predictions import PredictionHandler
+from loopline_monitor.settings import Settings
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = Settings()  # type: ignore[call-arg]
+    rt = await start_runtime("monitor", settings)
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
+    await migrate(pool, SCHEMA, MIGRATIONS)
+    objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
+    refs = References(settings.registry_addr, objects, TrustStore.from_dir(Path(settings.trusted_keys_dir)))
+    handler = PredictionHandler(MonitorStore(pool), refs, objects, rt.publisher, rt.namer, settings)
+    rt.consumer([rt.namer.predictions(m) for m in settings.monitor_models], handler.decode, handler.on_prediction)
+    rt.closers += [refs.close, pool.close]
+    await serve_until(rt, stop)
+
+
+def run() -> None:
+    runtime.run(main)

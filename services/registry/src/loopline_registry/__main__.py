@@ -1,0 +1,3 @@
+from loopline_registry.main import run
+
+run()

@@ -1,0 +1,33 @@
+"""Composition root of the registry: settings -> runtime -> Postgres -> gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from loopline.registry.v1 import registry_pb2_grpc
+from loopline_core import runtime
+from loopline_core.db import create_pool, migrate
+from loopline_core.grpcx import start_server
+from loopline_core.service import serve_until, start_runtime
+from loopline_registry.adapters.store import MIGRATIONS, SCHEMA, RegistryStore
+from loopline_registry.handlers.grpc import RegistryServicer
+from loopline_registry.settings import Settings
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = Settings()  # type: ignore[call-arg]
+    rt = await start_runtime("registry", settings)
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
+    await migrate(pool, SCHEMA, MIGRATIONS)
+    servicer = RegistryServicer(RegistryStore(pool), rt.publisher, rt.namer)
+    server, port = await start_server(
+        [lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)], settings.registry_port,
+        ["loopline.registry.v1.RegistryService"])
+    logging.getLogger(__name__).info("serving", extra={"grpc_port": port})
+    rt.closers += [lambda: server.stop(5), pool.close]
+    await serve_until(rt, stop)
+
+
+def run() -> None:
+    runtime.run(main)

@@ -1,0 +1,3 @@
+from loopline_retrainer.main import run
+
+run()

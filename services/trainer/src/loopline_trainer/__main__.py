@@ -1,0 +1,3 @@
+from loopline_trainer.main import run
+
+run()

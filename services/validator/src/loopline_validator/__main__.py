@@ -1,0 +1,3 @@
+from loopline_validator.main import run
+
+run()

@@ -1,0 +1,22 @@
+"""Composition root of the validator: settings -> runtime -> consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loopline_core import runtime
+from loopline_core.service import serve_until, start_runtime
+from loopline_validator.handlers.ingested import IngestedHandler
+from loopline_validator.settings import Settings
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = Settings()  # type: ignore[call-arg]
+    rt = await start_runtime("validator", settings)
+    handler = IngestedHandler(rt.publisher, rt.namer)
+    rt.consumer([rt.namer.ingested(d) for d in settings.validator_datasets], handler.decode, handler.on_ingested)
+    await serve_until(rt, stop)
+
+
+def run() -> None:
+    runtime.run(main)
