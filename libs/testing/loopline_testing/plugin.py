@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import pytest
 from loopline_core.kafka import Publisher, TopicNamer, ensure_topics
 from loopline_core.objstore import ObjectStore
 from loopline_stack import Stack, StackState
+from loopline_stack.services import ORDER, ServiceSet
 from loopline_stack.stack import StackConfig
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -94,3 +95,37 @@ def spans():  # type: ignore[no-untyped-def]
     assert _SPANS is not None
     _SPANS.clear()
     return _SPANS
+
+
+@pytest.fixture
+async def isolated(stack: StackState) -> dict[str, str]:
+    """Stack variables for one test: a database and a topic prefix of its own (topics created)."""
+    import asyncpg  # noqa: PLC0415
+
+    suffix = uuid.uuid4().hex[:10]
+    dsn = stack.env["LOOPLINE_POSTGRES_DSN"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"create database t_{suffix}")
+    finally:
+        await conn.close()
+    prefix = f"t{suffix}"
+    await ensure_topics(stack.env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(prefix).platform_topics())
+    return {**stack.env, "LOOPLINE_POSTGRES_DSN": dsn.rsplit("/", 1)[0] + f"/t_{suffix}",
+            "LOOPLINE_TOPIC_PREFIX": prefix}
+
+
+@pytest.fixture
+def services(isolated: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ServiceSet]]:
+    """Start some of the eight services, as separate processes, against this test's isolated stack."""
+    started: list[ServiceSet] = []
+
+    def start(*names: str, env: dict[str, dict[str, str]] | None = None) -> ServiceSet:
+        svc = ServiceSet(isolated, tmp_path / "logs", env or {})
+        svc.start(names=names or ORDER)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()

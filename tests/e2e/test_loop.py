@@ -1,0 +1,65 @@
+"""The whole loop on the real local stack, eight services as separate processes.
+
+events in -> v1 trained, signed, registered, served -> tritonclient.grpc infer returns a score ->
+drift injected -> alert -> v2 trained and promoted -> inference now reports v2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
+from loopline_cli.demo.run import service_env
+from loopline_cli.demo.scenario import ScenarioConfig, run_scenario
+from loopline_core.kafka import TopicNamer
+from loopline_stack.services import ServiceSet
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
+    svc = services(env=service_env())
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    result = await run_scenario(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer, svc.addr("feature"),
+                                svc.addr("inference"), ScenarioConfig(deadline_s=360))
+    seen, stats = result.observer.seen, result.traffic.stats
+    kinds = [m.kind for m in seen.timeline]
+    assert result.completed, f"the loop did not close: {[m.text for m in seen.timeline]}"
+
+    # v1 was trained, signed, registered, promoted and served before the drift began
+    assert kinds.index("registered") < kinds.index("drift")
+    assert stats.by_version[1] >= 1200
+    # the drift raised an alert, and a later version won on the same test set and was promoted
+    assert seen.alerts >= 1 and kinds.index("drift") < kinds.index("alert", kinds.index("drift"))
+    assert result.final_version >= 2 and seen.champion == result.final_version
+    won = next(t for t in seen.trainings if t.succeeded and int(t.version) == result.final_version)
+    assert won.metrics["auc"] >= won.metrics["champion_auc"]
+    # bad input never stopped the stream: every malformed record reached the dead-letter topic
+    assert stats.malformed > 0 and seen.dead_letters == stats.malformed
+
+    # Triton's own client, unchanged, sees the promoted version
+    client = triton_grpc.InferenceServerClient(svc.addr("inference"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("fraud")
+    meta = client.get_model_metadata("fraud")
+    assert meta.versions == [str(result.final_version)]
+    x = np.asarray([[120.0, np.log1p(120.0), 3.0, 40.0, 120.0 / 41.0, 1.0, 1.0]], dtype=np.float32)
+    inp = triton_grpc.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out = client.infer("fraud", [inp], outputs=[triton_grpc.InferRequestedOutput("score")])
+    score = out.as_numpy("score")
+    assert score.shape == (1, 1) and 0.0 <= float(score[0][0]) <= 1.0
+    assert out.get_response().model_version == str(result.final_version)
+
+    # the registry agrees, and every version carries a signature by a known key
+    with grpc.insecure_channel(svc.addr("registry")) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        champion = stub.ResolveAlias(registry_pb2.ResolveAliasRequest(model_name="fraud", alias="champion")).version
+        versions = stub.ListModelVersions(registry_pb2.ListModelVersionsRequest(model_name="fraud")).versions
+    assert champion.version == result.final_version
+    assert all(v.signature_uri.endswith("model.sig") and v.signer_key_id for v in versions)
