@@ -171,6 +171,9 @@ class Consumer(Generic[T]):
                                                        "messaging.kafka.offset": record.offset}):
             try:
                 message = self.decode(record)
+            except LooplineError as exc:
+                await self._dead_letter(record, exc.message, exc.kind.value, exc.details)
+                return True
             except Exception as exc:  # noqa: BLE001 - any decode failure is this record's fault
                 await self._dead_letter(record, f"undecodable: {exc}", "INVALID_ARGUMENT")
                 return True

@@ -62,8 +62,8 @@ class Contract:
 
 def _kind(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"int": "a number", "float": "a number", "str": "a string"}.get(k.__name__, k.__name__)
-                       for k in kinds)
+    words = {"int": "a number", "float": "a number", "str": "a string"}
+    return " or ".join(dict.fromkeys(words.get(k.__name__, k.__name__) for k in kinds))
 
 
 TRANSACTIONS_V1 = Contract("transactions", "v1", (

@@ -1,0 +1,62 @@
+"""Registry against real Postgres and Kafka, over gRPC, as its own process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from loopline.registry.v1 import registry_pb2 as pb
+from loopline.registry.v1 import registry_pb2_grpc
+from loopline_core.kafka import TopicNamer
+from loopline_stack.services import ServiceSet
+from loopline_testing.builders import read_topic
+
+
+def _version(run_id: str, auc: float) -> pb.ModelVersion:
+    return pb.ModelVersion(model_name="fraud", artifact_uri=f"s3://loopline-models/fraud/{run_id}/model",
+                           signature_uri=f"s3://loopline-models/fraud/{run_id}/model.sig", signer_key_id="k1",
+                           dataset_digest="d" * 64, run_id=run_id, metrics={"auc": auc}, feature_names=["a", "b"])
+
+
+async def test_versions_aliases_and_events(isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
+    svc = services("registry")
+    async with grpc.aio.insecure_channel(svc.addr("registry")) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        v1 = (await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r1", 0.8)))).version
+        again = (await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r1", 0.8)))).version
+        v2 = (await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r2", 0.9)))).version
+        assert (v1.version, again.version, v2.version) == (1, 1, 2), "registration is idempotent on run_id"
+        assert dict(v2.metrics) == {"auc": 0.9} and list(v2.feature_names) == ["a", "b"]
+
+        moved = await stub.SetAlias(pb.SetAliasRequest(model_name="fraud", alias="champion", version=1, reason="first"))
+        assert moved.previous_version == 0
+        moved = await stub.SetAlias(pb.SetAliasRequest(model_name="fraud", alias="champion", version=2, reason="won"))
+        assert moved.previous_version == 1
+        resolved = await stub.ResolveAlias(pb.ResolveAliasRequest(model_name="fraud", alias="champion"))
+        assert resolved.version.version == 2 and list(resolved.version.aliases) == ["champion"]
+        listed = await stub.ListModelVersions(pb.ListModelVersionsRequest(model_name="fraud"))
+        assert [v.version for v in listed.versions] == [1, 2]
+
+        for call, code in [
+            (stub.GetModelVersion(pb.GetModelVersionRequest(model_name="fraud", version=9)), grpc.StatusCode.NOT_FOUND),
+            (stub.ResolveAlias(pb.ResolveAliasRequest(model_name="fraud", alias="challenger")),
+             grpc.StatusCode.NOT_FOUND),
+            (stub.SetAlias(pb.SetAliasRequest(model_name="fraud", alias="king", version=1)),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.GetModelVersion(pb.GetModelVersionRequest(model_name="Bad Name!", version=1)),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=pb.ModelVersion(model_name="fraud"))),
+             grpc.StatusCode.INVALID_ARGUMENT),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == code
+
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    events = [pb.ModelChanged.FromString(r.value) for r in
+              await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.model_events(), 4)]
+    assert [(e.kind, e.version, e.alias, e.previous_version) for e in events] == [
+        (pb.MODEL_EVENT_KIND_REGISTERED, 1, "", 0), (pb.MODEL_EVENT_KIND_REGISTERED, 2, "", 0),
+        (pb.MODEL_EVENT_KIND_ALIAS_SET, 1, "champion", 0), (pb.MODEL_EVENT_KIND_ALIAS_SET, 2, "champion", 1)]
