@@ -47,7 +47,7 @@ def train(x: np.ndarray, y: np.ndarray, feature_names: list[str], seed: int, *, 
         loss = loss_fn(net(xt), yt)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     config = ModelConfig(feature_names, list(hidden), mean.astype(float).tolist(), std.astype(float).tolist())
     return ScoringModel(config, net), losses
 
