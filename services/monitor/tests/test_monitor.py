@@ -1,0 +1,72 @@
+"""Monitor as its own process: PSI against the served version's signed reference, alerts once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+
+from loopline.inference.v1.events_pb2 import PredictionLogged
+from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline_core.events import metadata
+from loopline_core.kafka import Publisher, TopicNamer
+from loopline_core.objstore import ObjectStore
+from loopline_ml.drift import psi, reference
+from loopline_monitor.domain.alerting import next_state
+from loopline_stack.services import ServiceSet
+from loopline_testing.builders import FEATURES, read_topic, register_signed_model, set_alias
+
+
+def test_psi_and_hysteresis() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(5000, 1))
+    ref = reference(base, ["a"])
+    assert psi(ref, rng.normal(size=(2000, 1)), ["a"])["a"] < 0.05
+    assert psi(ref, rng.normal(loc=1.0, size=(2000, 1)), ["a"])["a"] > 0.25
+    raised = next_state("ok", 0.3, 0.25, 0.1)
+    assert raised.state == "alerting" and raised.raise_alert
+    assert not next_state("alerting", 0.2, 0.25, 0.1).raise_alert
+    assert next_state("alerting", 0.2, 0.25, 0.1).state == "alerting", "between the bounds the state holds"
+    assert next_state("alerting", 0.05, 0.25, 0.1).state == "ok"
+    assert next_state("alerting", 0.5, 0.25, 0.1, evaluations_in_state=5, repeat_every=5).raise_alert
+
+
+async def test_drift_raises_one_alert(isolated: dict[str, str], services: Callable[..., ServiceSet],
+                                      publisher: Publisher) -> None:
+    svc = services("registry", "monitor", env={"monitor": {
+        "LOOPLINE_MONITOR_EVERY": "100", "LOOPLINE_MONITOR_WINDOW": "200", "LOOPLINE_MONITOR_REPEAT_EVERY": "0"}})
+    rng = np.random.default_rng(5)
+    v = await register_signed_model(isolated, svc.addr("registry"), "fraud", reference_x=rng.normal(
+        size=(3000, len(FEATURES))))
+    await set_alias(svc.addr("registry"), "fraud", "champion", v.version)
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+
+    async def send(x: np.ndarray, offset: int) -> None:
+        for i, row in enumerate(x):
+            p = PredictionLogged(metadata=metadata("test", f"p{offset + i}"), model_name="fraud",
+                                 model_version=v.version, request_id=f"p{offset + i}", feature_names=FEATURES,
+                                 inputs=row.tolist(), outputs=[0.1], latency_ms=1.0)
+            await publisher.publish(namer.predictions("fraud"), p.SerializeToString(), key="fraud")
+
+    await send(rng.normal(size=(200, len(FEATURES))), 0)
+    await send(rng.normal(size=(50, len(FEATURES))), 0)  # redelivered predictions: ignored
+    store = ObjectStore(isolated["LOOPLINE_S3_ENDPOINT"], isolated["LOOPLINE_S3_ACCESS_KEY"],
+                        isolated["LOOPLINE_S3_SECRET_KEY"])
+    async with asyncio.timeout(30):
+        while len(await store.list_keys("loopline-reports", "drift/fraud/")) < 2:
+            await asyncio.sleep(0.3)
+    shifted = rng.normal(size=(300, len(FEATURES)))
+    shifted[:, 0] += 2.0
+    await send(shifted, 1000)
+    alerts = [DriftAlertRaised.FromString(r.value) for r in
+              await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.alerts(), 1)]
+    a = alerts[0]
+    assert a.model_version == v.version and a.statistic == "psi"
+    assert max(a.feature_scores, key=a.feature_scores.get) == "amount"
+    assert a.feature_scores["amount"] > a.threshold > a.feature_scores["night"]
+    await asyncio.sleep(3)
+    again = await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.alerts(), 1)
+    assert len(again) == 1, "hysteresis: a sustained drift raises one alert"
+    reports = await store.list_keys("loopline-reports", "drift/fraud/")
+    assert len(reports) == 5, "one report per 100 new predictions (250 sent before, 50 of them repeats, then 300)"
