@@ -32,7 +32,7 @@ test: setup ## the whole suite against the real local stack
 
 lint: setup ## ruff, mypy and buf lint
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/core libs/stack libs/cli services/*/src
+	$(BIN)/mypy libs/core libs/ml libs/stack libs/cli services/*/src
 	tools/buf lint protos
 
 protos: setup ## regenerate libs/contracts from protos/

@@ -20,7 +20,9 @@ def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     well_known = str(resources.files("grpc_tools") / "_proto")
     args = ["protoc", f"-I{ROOT / 'protos'}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}",
-            f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}", f"--mypy_out={out}", *protos]
+            f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}", f"--mypy_out={out}",
+            f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
+            f"--mypy_grpc_out={out}", *protos]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
 

@@ -12,7 +12,6 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
-
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_cli.demo.run import service_env
 from loopline_cli.demo.scenario import ScenarioConfig, run_scenario

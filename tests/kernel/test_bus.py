@@ -7,11 +7,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
-from opentelemetry import trace
-
 from loopline_core.errors import invalid
 from loopline_core.kafka import Consumer, Publisher, Record, TopicNamer
 from loopline_core.kafka.bus import DLQ_REASON, DLQ_SOURCE
+from opentelemetry import trace
 
 
 def _json_decode(record: Record) -> dict[str, object]:

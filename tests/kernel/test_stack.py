@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import psutil
-
 from loopline_stack.stack import StackState
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from loopline_core.db import Migration, create_pool, migrate
 from loopline_core.errors import LooplineError
 from loopline_core.objstore import ObjectStore

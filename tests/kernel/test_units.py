@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from loopline_core.db import Migration, migrate
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.kafka import TopicNamer

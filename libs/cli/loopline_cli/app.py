@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from loopline_stack import Stack, StackError
 from loopline_stack.stack import StackConfig
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)

@@ -6,7 +6,6 @@ import time
 import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from loopline.common.v1.metadata_pb2 import EventMetadata
 
 

@@ -75,7 +75,8 @@ class ObjectStore:
     async def put_dir(self, bucket: str, prefix: str, directory: Path) -> list[str]:
         """Upload every file under ``directory`` to ``prefix/<relative path>``; return the keys."""
         keys = []
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        files = await asyncio.to_thread(lambda: sorted(p for p in directory.rglob("*") if p.is_file()))
+        for path in files:
             key = f"{prefix.rstrip('/')}/{path.relative_to(directory).as_posix()}"
             await asyncio.to_thread(self._client.fput_object, bucket, key, str(path))
             keys.append(key)

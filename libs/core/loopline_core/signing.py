@@ -83,5 +83,5 @@ class TrustStore:
         try:
             model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public).verify(
                 model_dir, signature_path)
-        except Exception as exc:  # noqa: BLE001 - model-signing raises ValueError and friends; all mean "refuse"
+        except Exception as exc:
             raise LooplineError(ErrorKind.FAILED_PRECONDITION, f"signature verification failed: {exc}") from exc

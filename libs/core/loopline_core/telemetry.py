@@ -20,7 +20,7 @@ def configure_tracing(service: str, exporter: str = "none", endpoint: str = "") 
     if exporter == "console":
         span_exporter = ConsoleSpanExporter()
     elif exporter == "otlp":  # pragma: no cover - needs a collector
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]  # noqa: PLC0415
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,
         )
 

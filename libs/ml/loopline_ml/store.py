@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 from loopline_core.objstore import ObjectStore
 from loopline_core.signing import SigningKey, TrustStore, sign_dir
+
 from loopline_ml.artifact import ScoringModel, load
 
 MODELS = "loopline-models"

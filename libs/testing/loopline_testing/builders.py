@@ -11,7 +11,6 @@ import grpc
 import numpy as np
 import torch
 from aiokafka import AIOKafkaConsumer
-
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.kafka import Record
 from loopline_core.objstore import ObjectStore
@@ -83,12 +82,13 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
         await store.put_bytes("loopline-models", f"{prefix}/model.sig", sig.read_bytes())
     async with grpc.aio.insecure_channel(registry_addr) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
-        resp = await stub.RegisterModelVersion(registry_pb2.RegisterModelVersionRequest(version=registry_pb2.ModelVersion(
+        version = registry_pb2.ModelVersion(
             model_name=model_name, artifact_uri=f"s3://loopline-models/{prefix}/model",
             signature_uri=f"s3://loopline-models/{prefix}/model.sig", signer_key_id=key_id, dataset_digest="test",
-            run_id=run_id, feature_names=FEATURES, metrics=metrics or {"auc": 0.5})))
-    version: registry_pb2.ModelVersion = resp.version
-    return version
+            run_id=run_id, feature_names=FEATURES, metrics=metrics or {"auc": 0.5})
+        resp = await stub.RegisterModelVersion(registry_pb2.RegisterModelVersionRequest(version=version))
+    stored: registry_pb2.ModelVersion = resp.version
+    return stored
 
 
 async def set_alias(registry_addr: str, model_name: str, alias: str, version: int) -> None:

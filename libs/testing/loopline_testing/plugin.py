@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from loopline_core.kafka import Publisher, TopicNamer, ensure_topics
 from loopline_core.objstore import ObjectStore
 from loopline_stack import Stack, StackState

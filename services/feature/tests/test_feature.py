@@ -11,7 +11,6 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 import pytest
-
 from loopline.feature.v1 import feature_pb2 as pb
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline.ingest.v1.envelope_pb2 import EventIngested

@@ -8,13 +8,12 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-from tritonclient.utils import InferenceServerException
-
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline_core.kafka import TopicNamer
 from loopline_inference.domain.tensors import TensorIn, to_batch
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, read_topic, register_signed_model, set_alias
+from tritonclient.utils import InferenceServerException
 
 
 def test_tensor_checks() -> None:

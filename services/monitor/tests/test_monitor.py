@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable
 
 import numpy as np
-
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline_core.events import metadata

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
 from loopline_core.kafka import TopicNamer

@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 
 import grpc
-
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested

@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested

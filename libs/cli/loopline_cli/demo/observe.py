@@ -9,7 +9,6 @@ import uuid
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
-
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.registry.v1 import registry_pb2
 from loopline.trainer.v1.events_pb2 import TrainingCompleted

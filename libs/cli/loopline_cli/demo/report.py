@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from loopline_ml.drift import auc
 from plotly.subplots import make_subplots
 
 from loopline_cli.demo.observe import Observed
 from loopline_cli.demo.traffic import TrafficStats
-from loopline_ml.drift import auc
 
 
 def rolling_auc(stats: TrafficStats, window: int = 300, step: int = 50) -> tuple[list[float], list[float]]:

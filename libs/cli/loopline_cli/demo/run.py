@@ -8,17 +8,17 @@ import sys
 import time
 from pathlib import Path
 
+from loopline_core.kafka import TopicNamer
+from loopline_core.objstore import ObjectStore
+from loopline_stack import Stack, StackError
+from loopline_stack.services import ServiceSet
+from loopline_stack.stack import StackConfig
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from loopline_cli.demo import report
 from loopline_cli.demo.scenario import ScenarioConfig, ScenarioResult, run_scenario
-from loopline_core.kafka import TopicNamer
-from loopline_core.objstore import ObjectStore
-from loopline_stack import Stack, StackError
-from loopline_stack.services import ServiceSet
-from loopline_stack.stack import StackConfig
 
 console = Console(stderr=True)
 PSI_THRESHOLD = 0.25
@@ -108,7 +108,7 @@ async def _finish(result: ScenarioResult, stack_env: dict[str, str], cfg: Scenar
     for m in o.timeline:
         console.print(f"  {m.at - result.started:6.1f}s  {m.text}")
     console.print(f"[bold]report:[/] {path.resolve()}")
-    print(path.resolve())  # noqa: T201 - the report path on stdout, for scripts
+    print(path.resolve())
     return 0 if result.completed else 1
 
 

@@ -9,11 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from loopline.trainer.v1.events_pb2 import TrainingRequested
+from loopline_core.events import derived_id, metadata
+from loopline_core.kafka import Publisher, TopicNamer
+
 from loopline_cli.demo.observe import Observer
 from loopline_cli.demo.synth import TransactionStream
 from loopline_cli.demo.traffic import Traffic
-from loopline_core.events import derived_id, metadata
-from loopline_core.kafka import Publisher, TopicNamer
 
 
 @dataclass

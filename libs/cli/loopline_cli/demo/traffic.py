@@ -11,19 +11,20 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton
-from tritonclient.utils import InferenceServerException
-
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
-from loopline_cli.demo.synth import TransactionStream
 from loopline_core.events import timestamp
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_feature.domain.features import VIEW, History, compute
+from tritonclient.utils import InferenceServerException
+
+from loopline_cli.demo.synth import TransactionStream
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Traffic:
             self._last_seen[txn["customer_id"]] = max(previous, float(txn["ts"]))
             await slots.acquire()
             task = asyncio.create_task(self._score(txn, label, previous, self.stream.drifted))
-            task.add_done_callback(lambda t: (scoring.discard(t), slots.release()))
+            task.add_done_callback(self._done(scoring, slots))
             scoring.add(task)
             await self._publisher.publish(self.namer.raw("transactions"), json.dumps(txn).encode(),
                                           key=txn["customer_id"], content_type="application/json")
@@ -107,6 +108,14 @@ class Traffic:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         await asyncio.gather(*scoring, return_exceptions=True)
+
+    @staticmethod
+    def _done(tasks: set[asyncio.Task[None]], slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
+
+        return done
 
     async def _release_labels(self) -> None:
         while not self._stop.is_set() or self._labels:

@@ -188,7 +188,7 @@ class Consumer(Generic[T]):
                     return False
                 await self._dead_letter(record, exc.message, exc.kind.value, exc.details)
                 return True
-            except Exception as exc:  # noqa: BLE001 - unknown failures are retried, never dropped
+            except Exception as exc:
                 log.warning("handler failed, will redeliver", exc_info=True,
                             extra={"topic": record.topic, "offset": record.offset, "error": repr(exc)})
                 metrics.BUS_CONSUMED.labels(record.topic, "retry").inc()

@@ -11,6 +11,7 @@ from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
 from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
+
 from loopline_feature.adapters.store import MIGRATIONS, SCHEMA, FeatureStore
 from loopline_feature.domain.features import VIEW
 from loopline_feature.handlers.events import EventHandlers
@@ -27,7 +28,8 @@ async def main(stop: asyncio.Event) -> None:
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
     handlers = EventHandlers(store)
     rt.consumer([rt.namer.valid(VIEW)], handlers.decode_valid, handlers.on_valid)
-    rt.consumer([rt.namer.labels(VIEW)], handlers.decode_label, handlers.on_label, group=rt.namer.group("feature-labels"))
+    rt.consumer([rt.namer.labels(VIEW)], handlers.decode_label, handlers.on_label,
+                group=rt.namer.group("feature-labels"))
     servicer = FeatureServicer(store, objects)
     server, port = await start_server([lambda s: feature_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, s)],
                                       settings.feature_port, ["loopline.feature.v1.FeatureService"])

@@ -8,13 +8,13 @@ import logging
 import uuid
 from pathlib import Path
 
-from tritonclient.grpc import service_pb2_grpc
-
 from loopline_core import runtime
 from loopline_core.grpcx import start_server
 from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
+from tritonclient.grpc import service_pb2_grpc
+
 from loopline_inference.adapters.repository import Repository
 from loopline_inference.handlers.model_events import ModelEventsHandler
 from loopline_inference.handlers.oip import InferenceServicer

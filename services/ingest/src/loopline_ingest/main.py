@@ -7,6 +7,7 @@ import asyncio
 from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
 from loopline_core.service import serve_until, start_runtime
+
 from loopline_ingest.adapters.dedupe import MIGRATIONS, SCHEMA, SeenEvents
 from loopline_ingest.handlers.raw import RawHandler
 from loopline_ingest.settings import Settings

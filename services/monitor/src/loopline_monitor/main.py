@@ -10,6 +10,7 @@ from loopline_core.db import create_pool, migrate
 from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
+
 from loopline_monitor.adapters.references import References
 from loopline_monitor.adapters.store import MIGRATIONS, SCHEMA, MonitorStore
 from loopline_monitor.handlers.predictions import PredictionHandler

@@ -10,6 +10,7 @@ from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
 from loopline_core.service import serve_until, start_runtime
+
 from loopline_registry.adapters.store import MIGRATIONS, SCHEMA, RegistryStore
 from loopline_registry.handlers.grpc import RegistryServicer
 from loopline_registry.settings import Settings

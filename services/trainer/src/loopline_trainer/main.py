@@ -9,6 +9,7 @@ from loopline_core import runtime
 from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import SigningKey, TrustStore
+
 from loopline_trainer.adapters.clients import Clients
 from loopline_trainer.handlers.requests import TrainingHandler
 from loopline_trainer.settings import Settings

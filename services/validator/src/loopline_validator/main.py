@@ -6,6 +6,7 @@ import asyncio
 
 from loopline_core import runtime
 from loopline_core.service import serve_until, start_runtime
+
 from loopline_validator.handlers.ingested import IngestedHandler
 from loopline_validator.settings import Settings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import numpy as np
-
 from loopline_core.db import Migration
+
 from loopline_feature.domain.features import History
 
 SCHEMA = "feature"

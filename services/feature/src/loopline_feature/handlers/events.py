@@ -8,6 +8,7 @@ from typing import Any
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.errors import invalid
 from loopline_core.kafka import Record
+
 from loopline_feature.adapters.store import FeatureStore
 from loopline_feature.domain.features import compute
 from loopline_feature.metrics import LABELS, LOGGED

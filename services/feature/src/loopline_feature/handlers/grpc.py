@@ -7,12 +7,12 @@ import io
 
 import grpc
 import numpy as np
-
 from loopline.feature.v1 import feature_pb2 as pb
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline_core.errors import invalid, precondition
 from loopline_core.events import timestamp
 from loopline_core.objstore import ObjectStore
+
 from loopline_feature.adapters.store import FeatureStore
 from loopline_feature.domain.features import FEATURE_NAMES, ONLINE_NAMES, VIEW
 

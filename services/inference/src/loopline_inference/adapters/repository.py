@@ -6,15 +6,15 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.errors import LooplineError
 from loopline_core.objstore import ObjectStore
 from loopline_core.signing import TrustStore
 from loopline_core.telemetry import inject_metadata
-from loopline_inference.metrics import LOADS
 from loopline_ml.artifact import ScoringModel
 from loopline_ml.store import fetch_verified
+
+from loopline_inference.metrics import LOADS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Repository:
             model = await fetch_verified(self._objects, self._trust, v.artifact_uri, v.signature_uri, v.signer_key_id)
         except LooplineError as exc:
             LOADS.labels(name, "refused").inc()
-            log.error("refused to load model: keeping the one already served",
+            log.error("refused to load model: keeping the one already served",  # noqa: TRY400 - a verdict, not a crash
                       extra={"model": name, "version": v.version, "reason": exc.message,
                              "serving": current.version if current else None})
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from loopline_core.errors import invalid
 
 INPUT_NAME = "features"

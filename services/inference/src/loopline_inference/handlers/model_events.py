@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline_core.kafka import Record
+
 from loopline_inference.adapters.repository import Repository
 
 

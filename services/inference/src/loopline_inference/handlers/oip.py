@@ -8,14 +8,14 @@ import uuid
 
 import grpc
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
-
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline_core.errors import ErrorKind, LooplineError, not_found
 from loopline_core.events import metadata
 from loopline_core.kafka import Publisher, TopicNamer
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
 from loopline_inference.adapters.repository import Repository, Served
 from loopline_inference.domain.tensors import INPUT_NAME, OUTPUT_NAME, TensorIn, to_batch
 from loopline_inference.metrics import LATENCY, REQUESTS
@@ -23,6 +23,19 @@ from loopline_inference.metrics import LATENCY, REQUESTS
 SERVER_NAME = "loopline"
 SERVER_VERSION = "0.1.0"
 PLATFORM = "pytorch_libtorch"
+
+
+def _inputs(request: pb.ModelInferRequest, n_features: int) -> np.ndarray:
+    """The request's input batch, or INVALID_ARGUMENT."""
+    raws = list(request.raw_input_contents)
+    if raws and len(raws) != len(request.inputs):
+        raise LooplineError(ErrorKind.INVALID_ARGUMENT, "raw_input_contents must match inputs one to one")
+    for out in request.outputs:
+        if out.name != OUTPUT_NAME:
+            raise LooplineError(ErrorKind.INVALID_ARGUMENT, f"unknown output {out.name!r}")
+    tensors = [TensorIn(t.name, t.datatype, tuple(t.shape), raws[i] if raws else None,
+                        list(t.contents.fp32_contents)) for i, t in enumerate(request.inputs)]
+    return to_batch(tensors, n_features)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -83,15 +96,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         try:
             served = self._served(request.model_name, request.model_version)
-            raws = list(request.raw_input_contents)
-            if raws and len(raws) != len(request.inputs):
-                raise LooplineError(ErrorKind.INVALID_ARGUMENT, "raw_input_contents must match inputs one to one")
-            tensors = [TensorIn(t.name, t.datatype, tuple(t.shape), raws[i] if raws else None,
-                                list(t.contents.fp32_contents)) for i, t in enumerate(request.inputs)]
-            x = to_batch(tensors, served.model.n_features)
-            for out in request.outputs:
-                if out.name != OUTPUT_NAME:
-                    raise LooplineError(ErrorKind.INVALID_ARGUMENT, f"unknown output {out.name!r}")
+            x = _inputs(request, served.model.n_features)
             scores = served.model.predict(x).astype("<f4")
         except LooplineError as exc:
             REQUESTS.labels(request.model_name or "?", exc.kind.value).inc()

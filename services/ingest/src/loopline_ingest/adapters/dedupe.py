@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-
 from loopline_core.db import Migration
 
 SCHEMA = "ingest"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.events import metadata, timestamp
 from loopline_core.kafka import Publisher, Record, TopicNamer
+
 from loopline_ingest.adapters.dedupe import SeenEvents
 from loopline_ingest.domain.envelope import Envelope, wrap_json
 from loopline_ingest.metrics import DUPLICATES, INGESTED

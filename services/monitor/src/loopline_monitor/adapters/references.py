@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.objstore import ObjectStore

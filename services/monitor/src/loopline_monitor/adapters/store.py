@@ -6,7 +6,6 @@ import json
 
 import asyncpg
 import numpy as np
-
 from loopline_core.db import Migration
 
 SCHEMA = "monitor"

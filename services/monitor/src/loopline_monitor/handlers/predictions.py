@@ -13,6 +13,7 @@ from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
 from loopline_core.objstore import ObjectStore
 from loopline_ml.drift import psi
+
 from loopline_monitor.adapters.references import References
 from loopline_monitor.adapters.store import MonitorStore
 from loopline_monitor.domain.alerting import next_state

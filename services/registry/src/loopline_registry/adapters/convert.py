@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline_core.events import timestamp
+
 from loopline_registry.domain.models import Version
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import asyncpg
-
 from loopline_core.db import Migration
 from loopline_core.errors import not_found
+
 from loopline_registry.domain.models import Version
 
 SCHEMA = "registry"

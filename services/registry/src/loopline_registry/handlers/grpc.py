@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
-
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, TopicNamer
+
 from loopline_registry.adapters.convert import from_proto, to_proto
 from loopline_registry.adapters.store import RegistryStore
 from loopline_registry.domain.models import check_alias, check_model_name

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-
 from loopline_core.db import Migration
 
 SCHEMA = "retrainer"
@@ -58,9 +57,10 @@ class RetrainerStore:
 
     async def due(self, dataset: str) -> list[asyncpg.Record]:
         """Pending requests whose label wait is over (and in-flight ones, which a replay republishes)."""
-        return await self.pool.fetch(
+        rows: list[asyncpg.Record] = await self.pool.fetch(
             "select * from requests where status='pending' and labels_needed <= "
             "coalesce((select n from label_count where dataset=$1), 0)", dataset)
+        return rows
 
     async def mark_in_flight(self, request_id: str) -> None:
         await self.pool.execute("update requests set status='in_flight' where request_id=$1 and status='pending'",

@@ -10,6 +10,7 @@ from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline_core.errors import invalid
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
+
 from loopline_retrainer.adapters.registry import RegistryClient
 from loopline_retrainer.adapters.store import RetrainerStore
 from loopline_retrainer.domain.policy import decide, may_request

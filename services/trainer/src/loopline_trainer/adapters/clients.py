@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.errors import ErrorKind, LooplineError

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from loopline_ml.artifact import ModelConfig, ScoringModel, build_network
 from loopline_ml.drift import auc
 

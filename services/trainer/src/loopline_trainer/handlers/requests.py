@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from loopline.registry.v1 import registry_pb2
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline_core.errors import LooplineError, invalid
@@ -22,6 +21,7 @@ from loopline_core.signing import SigningKey, TrustStore
 from loopline_ml import artifact
 from loopline_ml.drift import reference
 from loopline_ml.store import fetch_verified, split_uri, upload_signed
+
 from loopline_trainer.adapters.clients import Clients
 from loopline_trainer.domain.training import evaluate, time_split, train
 from loopline_trainer.metrics import RUNS, TRAIN_SECONDS

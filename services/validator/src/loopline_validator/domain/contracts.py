@@ -39,8 +39,8 @@ class Contract:
                 if f.required:
                     out.append((f.name, "required", f"{f.name} is required"))
                 continue
-            value = record[f.name]
-            if isinstance(value, bool) or not isinstance(value, f.kind):
+            value: Any = record[f.name]
+            if not _is(value, f.kind):
                 out.append((f.name, "type", f"{f.name} must be {_kind(f.kind)}, got {type(value).__name__}"))
                 continue
             if f.min is not None and value < f.min:
@@ -58,6 +58,11 @@ class Contract:
         if problems:
             field, rule, _ = problems[0]
             raise invalid("; ".join(p[2] for p in problems), contract=self.ref, field=field, rule=rule)
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not a number here (JSON true is not 1)."""
+    return not isinstance(value, bool) and isinstance(value, kind)
 
 
 def _kind(kind: type | tuple[type, ...]) -> str:

@@ -7,6 +7,7 @@ import json
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.errors import invalid
 from loopline_core.kafka import Publisher, Record, TopicNamer
+
 from loopline_validator.domain.contracts import CONTRACTS
 from loopline_validator.metrics import VALIDATED
 
