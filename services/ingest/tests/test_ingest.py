@@ -22,7 +22,7 @@ def test_generated_ids_are_stable_so_redeliveries_dedupe() -> None:
 
 async def test_envelopes_dedupes_and_dead_letters(isolated: dict[str, str], services: Callable[..., ServiceSet],
                                                   publisher: Publisher) -> None:
-    services("ingest")
+    svc = services("ingest")
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     raw = namer.raw("transactions")
     txn = {"event_id": "e-1", "customer_id": "c9", "amount": 10.5, "ts": 1795341600}
@@ -41,3 +41,8 @@ async def test_envelopes_dedupes_and_dead_letters(isolated: dict[str, str], serv
     assert e.ingest_time.seconds > 0 and out[0].key == b"c9"
     dead = await read_topic(bootstrap, namer.dlq("transactions"), 1)
     assert dead[0].value == b"<xml/>" and (dead[0].header(DLQ_REASON) or "").startswith("not JSON")
+
+    # SIGTERM: the service finishes, commits, leaves its group and says so
+    log = svc.running["ingest"].log
+    svc.stop()
+    assert '"message": "drained and stopped"' in log.read_text()

@@ -48,12 +48,17 @@ async def test_drift_raises_one_alert(isolated: dict[str, str], services: Callab
                                  inputs=row.tolist(), outputs=[0.1], latency_ms=1.0)
             await publisher.publish(namer.predictions("fraud"), p.SerializeToString(), key="fraud")
 
-    await send(rng.normal(size=(200, len(FEATURES))), 0)
-    await send(rng.normal(size=(50, len(FEATURES))), 0)  # redelivered predictions: ignored
     store = ObjectStore(isolated["LOOPLINE_S3_ENDPOINT"], isolated["LOOPLINE_S3_ACCESS_KEY"],
                         isolated["LOOPLINE_S3_SECRET_KEY"])
+    before = set(await store.list_keys("loopline-reports", "drift/fraud/"))  # the bucket is shared by tests
+
+    async def reports() -> set[str]:
+        return set(await store.list_keys("loopline-reports", "drift/fraud/")) - before
+
+    await send(rng.normal(size=(200, len(FEATURES))), 0)
+    await send(rng.normal(size=(50, len(FEATURES))), 0)  # redelivered predictions: ignored
     async with asyncio.timeout(30):
-        while len(await store.list_keys("loopline-reports", "drift/fraud/")) < 2:
+        while len(await reports()) < 2:
             await asyncio.sleep(0.3)
     shifted = rng.normal(size=(300, len(FEATURES)))
     shifted[:, 0] += 2.0
@@ -67,5 +72,4 @@ async def test_drift_raises_one_alert(isolated: dict[str, str], services: Callab
     await asyncio.sleep(3)
     again = await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.alerts(), 1)
     assert len(again) == 1, "hysteresis: a sustained drift raises one alert"
-    reports = await store.list_keys("loopline-reports", "drift/fraud/")
-    assert len(reports) == 5, "one report per 100 new predictions (250 sent before, 50 of them repeats, then 300)"
+    assert len(await reports()) == 5, "one report per 100 new predictions (250 sent before, 50 of them repeats, then 300)"

@@ -8,6 +8,7 @@ from typing import Any
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.errors import invalid
 from loopline_core.kafka import Record
+from loopline_core.kafka.codec import proto
 
 from loopline_feature.adapters.store import FeatureStore
 from loopline_feature.domain.features import compute
@@ -18,11 +19,7 @@ class EventHandlers:
     def __init__(self, store: FeatureStore) -> None:
         self.store = store
 
-    @staticmethod
-    def decode_valid(record: Record) -> EventIngested:
-        msg = EventIngested()
-        msg.ParseFromString(record.value)
-        return msg
+    decode_valid = staticmethod(proto(EventIngested, "metadata.event_id"))
 
     async def on_valid(self, msg: EventIngested, _record: Record) -> None:
         """Consumes ``loopline.valid.transactions``; writes the offline log and online row (by event id)."""

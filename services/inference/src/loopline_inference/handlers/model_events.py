@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline_core.kafka import Record
+from loopline_core.kafka.codec import proto
 
 from loopline_inference.adapters.repository import Repository
 
@@ -12,11 +13,7 @@ class ModelEventsHandler:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
 
-    @staticmethod
-    def decode(record: Record) -> pb.ModelChanged:
-        msg = pb.ModelChanged()
-        msg.ParseFromString(record.value)
-        return msg
+    decode = staticmethod(proto(pb.ModelChanged, "model_name"))
 
     async def on_model_changed(self, event: pb.ModelChanged, _record: Record) -> None:
         """Consumes ``loopline.models.events`` (every replica sees every event); emits nothing."""

@@ -9,8 +9,10 @@ from collections import Counter
 
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline_core.errors import invalid
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka.codec import proto
 from loopline_core.objstore import ObjectStore
 from loopline_ml.drift import psi
 
@@ -22,6 +24,9 @@ from loopline_monitor.settings import Settings
 
 log = logging.getLogger(__name__)
 REPORTS = "loopline-reports"
+
+
+_parse = proto(PredictionLogged, "metadata.event_id", "model_name")
 
 
 class PredictionHandler:
@@ -37,10 +42,9 @@ class PredictionHandler:
 
     @staticmethod
     def decode(record: Record) -> PredictionLogged:
-        msg = PredictionLogged()
-        msg.ParseFromString(record.value)
-        if not msg.model_name or len(msg.inputs) != len(msg.feature_names):
-            raise ValueError("a prediction needs a model name and one input per feature name")
+        msg = _parse(record)
+        if len(msg.inputs) != len(msg.feature_names):
+            raise invalid("a prediction needs one input per feature name")
         return msg
 
     async def on_prediction(self, p: PredictionLogged, _record: Record) -> None:

@@ -10,6 +10,7 @@ from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline_core.errors import invalid
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka.codec import proto
 
 from loopline_retrainer.adapters.registry import RegistryClient
 from loopline_retrainer.adapters.store import RetrainerStore
@@ -29,21 +30,8 @@ class RetrainerHandlers:
         self.namer = namer
         self.s = settings
 
-    @staticmethod
-    def decode_alert(record: Record) -> DriftAlertRaised:
-        msg = DriftAlertRaised()
-        msg.ParseFromString(record.value)
-        if not msg.model_name or not msg.metadata.event_id:
-            raise ValueError("an alert needs a model name and an event id")
-        return msg
-
-    @staticmethod
-    def decode_result(record: Record) -> TrainingCompleted:
-        msg = TrainingCompleted()
-        msg.ParseFromString(record.value)
-        if not msg.model_name or not msg.metadata.event_id:
-            raise ValueError("a training result needs a model name and an event id")
-        return msg
+    decode_alert = staticmethod(proto(DriftAlertRaised, "metadata.event_id", "model_name"))
+    decode_result = staticmethod(proto(TrainingCompleted, "metadata.event_id", "model_name"))
 
     @staticmethod
     def decode_label(record: Record) -> str:

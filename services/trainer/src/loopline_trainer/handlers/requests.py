@@ -16,6 +16,7 @@ from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline_core.errors import LooplineError, invalid
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka.codec import proto
 from loopline_core.objstore import ObjectStore
 from loopline_core.signing import SigningKey, TrustStore
 from loopline_ml import artifact
@@ -40,13 +41,7 @@ class TrainingHandler:
         self.publisher = publisher
         self.namer = namer
 
-    @staticmethod
-    def decode(record: Record) -> TrainingRequested:
-        msg = TrainingRequested()
-        msg.ParseFromString(record.value)
-        if not msg.model_name or not msg.metadata.event_id:
-            raise invalid("a training request needs a model name and an event id")
-        return msg
+    decode = staticmethod(proto(TrainingRequested, "metadata.event_id", "model_name"))
 
     async def on_training_requested(self, req: TrainingRequested, _record: Record) -> None:
         """Consumes ``loopline.training.requests``; emits TrainingCompleted on ``loopline.training.results``.

@@ -7,6 +7,7 @@ import json
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.errors import invalid
 from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka.codec import proto
 
 from loopline_validator.domain.contracts import CONTRACTS
 from loopline_validator.metrics import VALIDATED
@@ -17,13 +18,7 @@ class IngestedHandler:
         self.publisher = publisher
         self.namer = namer
 
-    @staticmethod
-    def decode(record: Record) -> EventIngested:
-        msg = EventIngested()
-        msg.ParseFromString(record.value)
-        if not msg.metadata.event_id:
-            raise ValueError("envelope without an event id")
-        return msg
+    decode = staticmethod(proto(EventIngested, "metadata.event_id"))
 
     async def on_ingested(self, msg: EventIngested, record: Record) -> None:
         """Consumes ``loopline.ingested.<dataset>``; valid records go on to ``loopline.valid.<dataset>``.
