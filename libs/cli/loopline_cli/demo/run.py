@@ -18,7 +18,9 @@ from rich.live import Live
 from rich.table import Table
 
 from loopline_cli.demo import report
+from loopline_cli.demo.observe import Observer
 from loopline_cli.demo.scenario import ScenarioConfig, ScenarioResult, run_scenario
+from loopline_cli.demo.traffic import Traffic
 
 console = Console(stderr=True)
 PSI_THRESHOLD = 0.25
@@ -43,6 +45,7 @@ async def _demo(stack_env: dict[str, str], services: ServiceSet, cfg: ScenarioCo
     namer = TopicNamer()
     phase = {"now": "starting"}
     holder: dict[str, object] = {}
+    live_parts: list[tuple[Traffic, Observer]] = []
 
     def progress(msg: str) -> None:
         phase["now"] = msg
@@ -51,14 +54,15 @@ async def _demo(stack_env: dict[str, str], services: ServiceSet, cfg: ScenarioCo
 
     task = asyncio.create_task(run_scenario(
         stack_env["LOOPLINE_KAFKA_BOOTSTRAP"], namer, f"127.0.0.1:{services.ports['feature']}",
-        f"127.0.0.1:{services.ports['inference']}", cfg, progress))
+        f"127.0.0.1:{services.ports['inference']}", cfg, progress,
+        on_start=lambda traffic, observer: live_parts.append((traffic, observer))))
     started = time.time()
     last_print = 0.0
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while not task.done():
             await asyncio.sleep(0.25)
-            # the scenario's live objects are only reachable through the task's frame; show counters we own
-            holder.update(_counters(task))
+            if live_parts:
+                holder.update(_counters(*live_parts[0]))
             if console.is_terminal:
                 live.update(_view(started, phase["now"], holder))
             elif time.time() - last_print > 10:
@@ -68,14 +72,7 @@ async def _demo(stack_env: dict[str, str], services: ServiceSet, cfg: ScenarioCo
     return await _finish(result, stack_env, cfg, out_dir)
 
 
-def _counters(task: asyncio.Task[ScenarioResult]) -> dict[str, object]:
-    coro = task.get_coro()
-    frame = getattr(coro, "cr_frame", None)
-    if frame is None:
-        return {}
-    traffic, observer = frame.f_locals.get("traffic"), frame.f_locals.get("observer")
-    if traffic is None or observer is None:
-        return {}
+def _counters(traffic: Traffic, observer: Observer) -> dict[str, object]:
     s, o = traffic.stats, observer.seen
     last = o.timeline[-1].text if o.timeline else ""
     return {"transactions produced": s.produced, "malformed sent": s.malformed, "dead-lettered": o.dead_letters,

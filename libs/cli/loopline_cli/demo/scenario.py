@@ -43,13 +43,15 @@ class ScenarioResult:
 
 
 async def run_scenario(bootstrap: str, namer: TopicNamer, feature_addr: str, inference_addr: str,
-                       cfg: ScenarioConfig, progress: Callable[[str], None] = lambda _m: None) -> ScenarioResult:
+                       cfg: ScenarioConfig, progress: Callable[[str], None] = lambda _m: None,
+                       on_start: Callable[[Traffic, Observer], None] = lambda _t, _o: None) -> ScenarioResult:
     started = time.time()
     deadline = time.monotonic() + cfg.deadline_s
     stream = TransactionStream(seed=cfg.seed)
     traffic = Traffic(bootstrap, namer, feature_addr, inference_addr, stream, rate=cfg.rate,
                       label_delay_s=cfg.label_delay_s)
     observer = Observer(bootstrap, namer)
+    on_start(traffic, observer)
     tasks = [asyncio.create_task(traffic.run()), asyncio.create_task(observer.run())]
     drift_at = promoted_at = None
     completed = False
