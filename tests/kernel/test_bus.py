@@ -1,142 +1,231 @@
-"""The Kafka bus against the real broker: commit semantics, redelivery, dead letters, traces."""
+"""The Kafka bus against the real broker: batches, commits after the work, dead letters, bounded
+retries that pause only their partition, isolation of the record at fault, traces, groups."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from loopline_core.errors import invalid
-from loopline_core.kafka import Consumer, Publisher, Record, TopicNamer
-from loopline_core.kafka.bus import DLQ_REASON, DLQ_SOURCE
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from loopline_core.errors import ErrorKind, LooplineError, invalid
+from loopline_core.kafka import Bus, Item, Publisher, Record, RetryPolicy, TopicNamer, each
+from loopline_core.kafka.records import DLQ_ATTEMPTS, DLQ_KIND, DLQ_REASON, DLQ_SOURCE
+from loopline_testing.builders import read_topic
 from opentelemetry import trace
 
+FAST = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, budget_s=30.0, max_attempts=50)
 
-def _json_decode(record: Record) -> dict[str, object]:
-    import json  # noqa: PLC0415
 
+def _json(record: Record) -> dict[str, Any]:
     value = json.loads(record.value)
     if not isinstance(value, dict):
         raise TypeError("not an object")
     return value
 
 
-async def _run_until(consumer: Consumer[object], done: Callable[[], bool], timeout: float = 30.0) -> None:
-    await consumer.start()
-    task = asyncio.create_task(consumer.run())
+async def _run(bus: Bus, done: Callable[[], bool], timeout: float = 45.0) -> None:
+    await bus.start()
     try:
         async with asyncio.timeout(timeout):
             while not done():
                 await asyncio.sleep(0.05)
     finally:
-        await consumer.stop()
-        await task
+        await bus.stop()
 
 
-def _consumer(bootstrap: str, group: str, topic: str, publisher: Publisher, namer: TopicNamer,
-              handler: Callable[[object, Record], Awaitable[None]]) -> Consumer[object]:
-    return Consumer(bootstrap=bootstrap, group=group, topics=[topic], decode=_json_decode, handler=handler,
-                    publisher=publisher, dead_letter_for=namer.dead_letter_for, retry_backoff_s=0.05)
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    from aiokafka import TopicPartition  # noqa: PLC0415
-
+async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()
     try:
-        total = 0
-        for p in range(3):  # the namer fixture creates every topic with 3 partitions
-            off = await c.committed(TopicPartition(topic, p))
-            total += off or 0
-        return total
+        return {p: (await c.committed(TopicPartition(topic, p))) or 0 for p in range(3)}
     finally:
         await c.stop()
 
 
-async def _read_all(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Record]:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-    await c.start()
-    out: list[Record] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(out) < count:
-                batch = await c.getmany(timeout_ms=200)
-                for recs in batch.values():
-                    out += [Record(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers)) for r in recs]
-    finally:
-        await c.stop()
-    return out
+async def _end_offsets(bootstrap: str, topic: str, count: int) -> dict[int, int]:
+    """Per partition, the offset after its last record (read, because the local broker's ListOffsets
+    answers with the next batch's base offset rather than the next record's offset)."""
+    ends = dict.fromkeys(range(3), 0)
+    for r in await read_topic(bootstrap, topic, count):
+        ends[r.partition] = max(ends[r.partition], r.offset + 1)
+    return ends
 
 
-async def test_handler_failure_redelivers_and_commits_only_after_success(
-        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
+def _bus(bootstrap: str, namer: TopicNamer, policy: RetryPolicy = FAST) -> Bus:
+    return Bus(bootstrap, "test", namer.dead_letter_for, policy)
+
+
+async def _publish(publisher: Publisher, topic: str, values: list[bytes], keys: Callable[[int], str]) -> None:
+    await publisher.publish_batch(topic, [(keys(i), v) for i, v in enumerate(values)],
+                                  content_type="application/json")
+
+
+async def test_batches_commit_once_after_the_work(bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
     topic = namer.valid("transactions")
-    for i in range(10):
-        await publisher.publish(topic, f'{{"i": {i}}}'.encode(), key=f"k{i % 3}", content_type="application/json")
+    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(300)], lambda i: f"k{i % 7}")
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    batches: list[int] = []
     seen: list[int] = []
-    failed_once: set[int] = set()
 
-    async def handler(msg: object, _record: Record) -> None:
-        i = int(msg["i"])  # type: ignore[index]
-        if i == 4 and i not in failed_once:
-            failed_once.add(i)
-            raise RuntimeError("transient: database blinked")
-        seen.append(i)
+    async def handle(items: list[Item[dict[str, Any]]]) -> None:
+        batches.append(len(items))
+        seen.extend(int(i.value["i"]) for i in items)
 
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    await _run_until(_consumer(bootstrap, group, topic, publisher, namer, handler), lambda: len(seen) == 10)
-    assert sorted(seen) == list(range(10)), "every record handled exactly once after the retry"
-    assert failed_once == {4}
-    assert await _committed(bootstrap, group, topic) == 10
+    bus = _bus(bootstrap, namer)
+    bus.subscribe([topic], group, _json, handle, max_records=100)
+    await _run(bus, lambda: len(seen) >= 300)
+    assert sorted(seen) == list(range(300))
+    assert max(batches) > 1, "records arrive in batches, not one by one"
+    assert await _committed(bootstrap, group, topic) == await _end_offsets(bootstrap, topic, 300)
 
 
-async def test_a_crash_before_commit_means_the_next_member_sees_the_record_again(
-        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
-    topic = namer.valid("transactions")
-    await publisher.publish(topic, b'{"i": 1}', key="a", content_type="application/json")
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    attempts: list[int] = []
-
-    async def always_fails(_msg: object, _record: Record) -> None:
-        attempts.append(1)
-        raise RuntimeError("boom")
-
-    await _run_until(_consumer(bootstrap, group, topic, publisher, namer, always_fails), lambda: len(attempts) >= 2)
-    assert await _committed(bootstrap, group, topic) == 0, "nothing committed past a failing record"
-
-    got: list[object] = []
-
-    async def works(msg: object, _record: Record) -> None:
-        got.append(msg)
-
-    await _run_until(_consumer(bootstrap, group, topic, publisher, namer, works), lambda: len(got) == 1)
-    assert got == [{"i": 1}]
-
-
-async def test_undecodable_and_invalid_records_go_to_the_dead_letter_topic_and_consumption_continues(
+async def test_publish_batch_keeps_per_key_order_and_partition(
         bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
     topic = namer.ingested("transactions")
-    await publisher.publish(topic, b"\xff not json", key="a", content_type="application/json")
-    await publisher.publish(topic, b'{"i": -1}', key="a", content_type="application/json")
-    await publisher.publish(topic, b'{"i": 2}', key="a", content_type="application/json")
-    good: list[object] = []
+    records = [(f"customer-{i % 5}", json.dumps({"i": i}).encode()) for i in range(500)]
+    await publisher.publish_batch(topic, records, content_type="application/json")
+    single = namer.valid("transactions")
+    for key, value in records[:20]:
+        await publisher.publish(single, value, key=key, content_type="application/json")
+    out = await read_topic(bootstrap, topic, 500)
+    by_key: dict[bytes, list[int]] = {}
+    partition_of: dict[bytes, set[int]] = {}
+    for r in sorted(out, key=lambda r: (r.partition, r.offset)):
+        by_key.setdefault(r.key or b"", []).append(json.loads(r.value)["i"])
+        partition_of.setdefault(r.key or b"", set()).add(r.partition)
+    assert all(v == sorted(v) for v in by_key.values()), "per-key order holds"
+    assert all(len(p) == 1 for p in partition_of.values())
+    one_by_one = {r.key: r.partition for r in await read_topic(bootstrap, single, 20)}
+    assert all(partition_of[k] == {p} for k, p in one_by_one.items() if k), "same partitioner as single sends"
 
-    async def handler(msg: object, _record: Record) -> None:
-        if msg["i"] < 0:  # type: ignore[index]
-            raise invalid("i must be >= 0")
-        good.append(msg)
 
+async def test_poison_records_go_to_the_dead_letters_and_the_partition_flows_on(
+        bootstrap: str, namer: TopicNamer) -> None:
+    topic = namer.raw("transactions")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # an outside producer, not our publisher
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b'{"i": 1}', key=b"a", partition=0)
+        await producer.send_and_wait(topic, b"\xff\xfe not json", key=b"a", partition=0)
+        await producer.send_and_wait(topic, b'{"i": 2}', key=b"a", partition=0, headers=[("odd", b"\xff\x00")])
+        await producer.send_and_wait(topic, b"[1, 2]", key=b"a", partition=0)
+        await producer.send_and_wait(topic, b'{"i": 3}', key=b"a", partition=0)
+    finally:
+        await producer.stop()
+    seen: list[int] = []
+
+    async def handle(items: list[Item[dict[str, Any]]]) -> None:
+        seen.extend(int(i.value["i"]) for i in items)
+
+    bus = _bus(bootstrap, namer)
     group = f"g-{uuid.uuid4().hex[:6]}"
-    await _run_until(_consumer(bootstrap, group, topic, publisher, namer, handler), lambda: len(good) == 1)
-    dead = await _read_all(bootstrap, namer.dlq("transactions"), 2)
-    reasons = sorted(r.header(DLQ_REASON) or "" for r in dead)
-    assert reasons[0] == "i must be >= 0"
-    assert reasons[1].startswith("undecodable:")
-    assert all((r.header(DLQ_SOURCE) or "").startswith(topic + "/") for r in dead)
-    assert {r.value for r in dead} == {b"\xff not json", b'{"i": -1}'}, "the original bytes are kept"
-    assert await _committed(bootstrap, group, topic) == 3
+    bus.subscribe([topic], group, _json, handle)
+    await _run(bus, lambda: len(seen) >= 3)
+    assert seen == [1, 2, 3]
+    dead = await read_topic(bootstrap, namer.dlq("transactions"), 2)
+    assert [d.value for d in dead] == [b"\xff\xfe not json", b"[1, 2]"]
+    assert (dead[0].header(DLQ_REASON) or "").startswith("UnicodeDecodeError")
+    assert dead[1].header(DLQ_REASON) == "TypeError: not an object"
+    assert dead[0].header(DLQ_SOURCE) == f"{topic}/0/1" and dead[0].header(DLQ_ATTEMPTS) == "1"
+    assert dead[0].header(DLQ_KIND) == "INVALID_ARGUMENT"
+    assert (await _committed(bootstrap, group, topic))[0] == 5
+
+
+async def test_a_permanent_error_in_a_batch_dead_letters_only_the_record_at_fault(
+        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
+    topic = namer.valid("transactions")
+    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(50)], lambda _i: "same-key")
+    written: list[int] = []
+
+    async def handle(items: list[Item[dict[str, Any]]]) -> None:
+        for i in items:  # a sink that refuses one value: the whole batch statement fails
+            if i.value["i"] == 17:
+                raise ValueError("value 17 does not fit the sink")
+        written.extend(int(i.value["i"]) for i in items)
+
+    bus = _bus(bootstrap, namer)
+    bus.subscribe([topic], f"g-{uuid.uuid4().hex[:6]}", _json, handle)
+    await _run(bus, lambda: len(written) >= 49)
+    assert sorted(written) == [i for i in range(50) if i != 17]
+    dead = await read_topic(bootstrap, namer.dlq("transactions"), 1)
+    assert json.loads(dead[0].value) == {"i": 17}
+    assert dead[0].header(DLQ_REASON) == "ValueError: value 17 does not fit the sink"
+
+
+async def test_a_transient_failure_pauses_only_its_partition_and_retries_until_success(
+        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
+    topic = namer.valid("transactions")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send_and_wait(topic, json.dumps({"i": i, "p": i % 3}).encode(), partition=i % 3)
+    finally:
+        await producer.stop()
+    failures = {"left": 4}
+    seen: list[int] = []
+    order: list[int] = []
+
+    async def handle(items: list[Item[dict[str, Any]]]) -> None:
+        if any(i.value["p"] == 0 for i in items) and failures["left"] > 0:
+            failures["left"] -= 1
+            raise LooplineError(ErrorKind.UNAVAILABLE, "the sink is down")
+        seen.extend(int(i.value["i"]) for i in items)
+        order.extend(int(i.value["p"]) for i in items)
+
+    bus = _bus(bootstrap, namer)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    bus.subscribe([topic], group, _json, handle, max_records=5)
+    await _run(bus, lambda: len(seen) >= 30)
+    assert sorted(seen) == list(range(30)), "nothing lost, nothing twice"
+    assert failures["left"] == 0
+    assert order.index(0) > order.index(1), "partition 1 flowed while partition 0 waited"
+    assert await _committed(bootstrap, group, topic) == await _end_offsets(bootstrap, topic, 30)
+    assert await read_topic(bootstrap, namer.dlq("transactions"), 0, timeout=1) == []
+
+
+async def test_the_retry_budget_bounds_how_long_a_record_holds_its_partition(
+        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
+    topic = namer.valid("transactions")
+    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(6)], lambda _i: "one-key")
+    seen: list[int] = []
+
+    async def handle(items: list[Item[dict[str, Any]]]) -> None:
+        if any(i.value["i"] == 2 for i in items):
+            raise ConnectionError("this record's call always times out")
+        seen.extend(int(i.value["i"]) for i in items)
+
+    bus = _bus(bootstrap, namer, RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.1, budget_s=1.0,
+                                             max_attempts=100))
+    bus.subscribe([topic], f"g-{uuid.uuid4().hex[:6]}", _json, handle)
+    await _run(bus, lambda: len(seen) >= 5)
+    assert sorted(seen) == [0, 1, 3, 4, 5]
+    dead = await read_topic(bootstrap, namer.dlq("transactions"), 1)
+    assert json.loads(dead[0].value) == {"i": 2} and dead[0].header(DLQ_KIND) == "exhausted"
+    assert int(dead[0].header(DLQ_ATTEMPTS) or 0) > 1
+    assert "ConnectionError" in (dead[0].header(DLQ_REASON) or "")
+
+
+async def test_a_per_record_handler_keeps_what_it_did_before_the_failure(
+        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
+    topic = namer.valid("transactions")
+    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(10)], lambda _i: "k")
+    calls: list[int] = []
+
+    async def handler(msg: dict[str, Any], _record: Record) -> None:
+        calls.append(int(msg["i"]))
+        if msg["i"] == 4:
+            raise invalid("four is not allowed")
+
+    bus = _bus(bootstrap, namer)
+    bus.subscribe([topic], f"g-{uuid.uuid4().hex[:6]}", _json, each(handler))
+    await _run(bus, lambda: len(calls) >= 10)
+    assert calls == list(range(10)), "each record handled exactly once, in order"
+    dead = await read_topic(bootstrap, namer.dlq("transactions"), 1)
+    assert dead[0].header(DLQ_REASON) == "four is not allowed"
 
 
 async def test_a_trace_started_by_the_producer_continues_in_the_consumer(
@@ -151,32 +240,35 @@ async def test_a_trace_started_by_the_producer_continues_in_the_consumer(
     async def handler(_msg: object, _record: Record) -> None:
         seen_trace.append(trace.get_current_span().get_span_context().trace_id)
 
-    await _run_until(_consumer(bootstrap, f"g-{uuid.uuid4().hex[:6]}", topic, publisher, namer, handler),
-                     lambda: bool(seen_trace))
-    assert seen_trace == [producer_trace]
-    names = {s.name for s in spans.get_finished_spans() if s.context.trace_id == producer_trace}
-    assert {"upstream", f"{topic} publish", f"{topic} process"} <= names
+    bus = _bus(bootstrap, namer)
+    bus.subscribe([topic], f"g-{uuid.uuid4().hex[:6]}", _json, each(handler))
+    await _run(bus, lambda: bool(seen_trace))
+    assert seen_trace == [producer_trace], "a per-record handler runs in the producer's trace"
+    finished = spans.get_finished_spans()
+    batch_spans = [s for s in finished if s.kind == trace.SpanKind.CONSUMER
+                   and any(link.context.trace_id == producer_trace for link in s.links)]
+    assert batch_spans, "the batch span links to the producer's trace (FastStream's telemetry middleware)"
+    assert "upstream" in {s.name for s in finished if s.context.trace_id == producer_trace}
 
 
 async def test_two_members_of_a_group_share_the_partitions(
         bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
     topic = namer.valid("transactions")
-    for i in range(60):
-        await publisher.publish(topic, f'{{"i": {i}}}'.encode(), key=f"customer-{i}", content_type="application/json")
+    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(60)], lambda i: f"customer-{i}")
     group = f"g-{uuid.uuid4().hex[:6]}"
     by_member: dict[str, list[int]] = {"a": [], "b": []}
 
-    def handler_for(name: str) -> Callable[[object, Record], Awaitable[None]]:
-        async def handler(msg: object, _record: Record) -> None:
-            by_member[name].append(int(msg["i"]))  # type: ignore[index]
-            await asyncio.sleep(0.02)
-        return handler
+    def handler_for(name: str) -> Callable[[list[Item[dict[str, Any]]]], Awaitable[None]]:
+        async def handle(items: list[Item[dict[str, Any]]]) -> None:
+            by_member[name].extend(int(i.value["i"]) for i in items)
+            await asyncio.sleep(0.05)
+        return handle
 
-    a = _consumer(bootstrap, group, topic, publisher, namer, handler_for("a"))
-    b = _consumer(bootstrap, group, topic, publisher, namer, handler_for("b"))
+    a, b = _bus(bootstrap, namer), _bus(bootstrap, namer)
+    a.subscribe([topic], group, _json, handler_for("a"), max_records=2)
+    b.subscribe([topic], group, _json, handler_for("b"), max_records=2)
     await a.start()
     await b.start()
-    tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
     try:
         async with asyncio.timeout(60):
             while len(set(by_member["a"]) | set(by_member["b"])) < 60:
@@ -184,6 +276,5 @@ async def test_two_members_of_a_group_share_the_partitions(
     finally:
         await a.stop()
         await b.stop()
-        await asyncio.gather(*tasks)
     assert set(by_member["a"]) | set(by_member["b"]) == set(range(60))
     assert by_member["a"] and by_member["b"], "both members got work"

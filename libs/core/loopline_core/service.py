@@ -1,15 +1,15 @@
-"""What every service does at start: logging, tracing, metrics, publisher; and how it drains on stop."""
+"""What every service does at start: logging, tracing, metrics, the bus; and how it drains on stop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from loopline_core.kafka import Consumer, Publisher, TopicNamer
+from loopline_core.kafka import Bus, Publisher, Record, RetryPolicy, TopicNamer, each
+from loopline_core.kafka.delivery import BatchHandler, Delivery
 from loopline_core.logs import configure_logging
 from loopline_core.metrics import start_metrics_server
 from loopline_core.settings import CoreSettings
@@ -25,47 +25,60 @@ class Runtime:
     name: str
     settings: CoreSettings
     namer: TopicNamer
-    publisher: Publisher
-    metrics_port: int
-    consumers: list[Consumer[Any]] = field(default_factory=list)
+    bus: Bus
+    metrics_port: int = 0
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    checks: list[Callable[[], bool]] = field(default_factory=list)
+    """Extra readiness conditions (a model loaded, a dependency answering)."""
 
-    def consumer(self, topics: list[str], decode: Callable[[Any], Any],
-                 handler: Callable[[Any, Any], Awaitable[None]], *, group: str | None = None,
-                 auto_offset_reset: str = "earliest") -> Consumer[Any]:
-        c: Consumer[Any] = Consumer(
-            bootstrap=self.settings.kafka_bootstrap, group=group or self.namer.group(self.name), topics=topics,
-            decode=decode, handler=handler, publisher=self.publisher, dead_letter_for=self.namer.dead_letter_for,
-            client_id=f"loopline-{self.name}", auto_offset_reset=auto_offset_reset)
-        self.consumers.append(c)
-        return c
+    @property
+    def publisher(self) -> Publisher:
+        return self.bus.publisher
+
+    def ready(self) -> bool:
+        return self.bus.ready and all(check() for check in self.checks)
+
+    def subscribe(self, topics: Iterable[str], decode: Callable[[Record], Any], handle: BatchHandler[Any], *,
+                  group: str | None = None, max_records: int | None = None,
+                  auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+                  max_poll_interval_ms: int = 300_000) -> Delivery[Any]:
+        """A batch subscription (the hot path): ``handle`` gets every decoded record of a batch at once."""
+        s = self.settings
+        return self.bus.subscribe(topics, group or self.namer.group(self.name), decode, handle,
+                                  max_records=max_records or s.kafka_max_records, linger_ms=s.kafka_linger_ms,
+                                  auto_offset_reset=auto_offset_reset, max_poll_interval_ms=max_poll_interval_ms)
+
+    def consumer(self, topics: list[str], decode: Callable[[Record], Any],
+                 handler: Callable[[Any, Record], Awaitable[None]], *, group: str | None = None,
+                 auto_offset_reset: Literal["earliest", "latest"] = "earliest", max_records: int = 50,
+                 max_poll_interval_ms: int = 300_000) -> Delivery[Any]:
+        """A per-record subscription: ``handler(message, record)`` for each record, in order."""
+        return self.subscribe(topics, decode, each(handler), group=group, max_records=max_records,
+                              auto_offset_reset=auto_offset_reset, max_poll_interval_ms=max_poll_interval_ms)
 
 
 async def start_runtime(name: str, settings: CoreSettings) -> Runtime:
     configure_logging(name, settings.log_level, settings.log_format)
     configure_tracing(name, settings.otel_exporter, settings.otel_endpoint)
-    port = start_metrics_server(settings.metrics_port)
-    log.info("starting", extra={"config": settings.masked(), "metrics_port": port})
-    publisher = Publisher(settings.kafka_bootstrap, client_id=f"loopline-{name}")
-    await publisher.start()
-    return Runtime(name, settings, TopicNamer(settings.topic_prefix), publisher, port)
+    namer = TopicNamer(settings.topic_prefix)
+    policy = RetryPolicy(initial_backoff_s=settings.retry_initial_backoff_s, max_backoff_s=settings.retry_max_backoff_s,
+                         budget_s=settings.retry_budget_s, max_attempts=settings.retry_max_attempts,
+                         not_ready_after=settings.retry_not_ready_after)
+    bus = Bus(settings.kafka_bootstrap, f"loopline-{name}", namer.dead_letter_for, policy, service=name)
+    rt = Runtime(name, settings, namer, bus)
+    rt.metrics_port = start_metrics_server(settings.metrics_port, ready=rt.ready)
+    log.info("starting", extra={"config": settings.masked(), "metrics_port": rt.metrics_port})
+    await bus.connect()
+    return rt
 
 
 async def serve_until(rt: Runtime, stop: asyncio.Event) -> None:
-    """Run the runtime's consumers until ``stop``; then finish in-flight records, commit, close."""
-    for c in rt.consumers:
-        await c.start()
-    log.info("consuming", extra={"topics": [t for c in rt.consumers for t in c.topics]})
-    tasks = [asyncio.create_task(c.run()) for c in rt.consumers]
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-    for c in rt.consumers:
-        await c.stop()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-    stopper.cancel()
-    for close in reversed(rt.closers):
+    """Run the runtime's subscribers until ``stop``; then finish the batches in hand, commit, close."""
+    await rt.bus.start()
+    log.info("consuming", extra={"subscriptions": [d.name for d in rt.bus.deliveries]})
+    await stop.wait()
+    await rt.bus.drain()
+    for close in reversed(rt.closers):  # before the producer closes: closers may still publish (flush)
         await close()
-    await rt.publisher.stop()
+    await rt.bus.close()
     log.info("drained and stopped")

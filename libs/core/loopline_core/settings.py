@@ -34,6 +34,18 @@ class CoreSettings(BaseSettings):
     topic_prefix: str = "loopline"
     """Every topic name starts with this; tests use a unique one per test."""
 
+    kafka_max_records: int = 500
+    """Most records a hot-path subscriber takes in one batch."""
+    kafka_linger_ms: int = 20
+    """How long a subscriber waits to fill a batch when fewer records are ready (latency vs. batch size)."""
+    retry_initial_backoff_s: float = 0.2
+    retry_max_backoff_s: float = 5.0
+    retry_budget_s: float = 60.0
+    """A record failing transiently for longer than this goes to the dead-letter topic as ``exhausted``."""
+    retry_max_attempts: int = 20
+    retry_not_ready_after: int = 3
+    """Consecutive transient failures after which ``/readyz`` answers 503."""
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration with secrets masked, for the start-up log line."""
         out: dict[str, Any] = {}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.events import metadata
 from loopline_core.kafka import Publisher, TopicNamer
-from loopline_core.kafka.bus import DLQ_REASON
+from loopline_core.kafka.records import DLQ_REASON
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet, read_topic
 from loopline_validator.domain.contracts import TRANSACTIONS_V1

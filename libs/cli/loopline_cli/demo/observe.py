@@ -13,7 +13,7 @@ from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.registry.v1 import registry_pb2
 from loopline.trainer.v1.events_pb2 import TrainingCompleted
 from loopline_core.kafka import TopicNamer
-from loopline_core.kafka.bus import DLQ_REASON
+from loopline_core.kafka.records import DLQ_REASON
 
 
 @dataclass

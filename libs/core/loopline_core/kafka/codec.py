@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from loopline_core.errors import invalid
-from loopline_core.kafka.bus import Record
+from loopline_core.kafka.records import Record
 
 M = TypeVar("M", bound=Message)
 

@@ -1,0 +1,47 @@
+"""A consumed record, decoupled from the client library, and the header names Loopline uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+CONTENT_TYPE = "content-type"
+MESSAGE_TYPE = "x-loopline-type"
+EVENT_ID = "x-loopline-event-id"
+"""Set by a producer (or `loopline dlq redrive`) to fix a record's event id."""
+DLQ_REASON = "x-loopline-dlq-reason"
+DLQ_KIND = "x-loopline-dlq-kind"
+DLQ_SOURCE = "x-loopline-dlq-source"
+DLQ_ATTEMPTS = "x-loopline-dlq-attempts"
+DLQ_DETAIL = "x-loopline-dlq-"
+EXHAUSTED = "exhausted"
+"""The dead-letter kind of a record whose transient failures outlasted the retry budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode("utf-8", "replace")
+        return None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    @classmethod
+    def of(cls, raw: Any) -> Record:
+        """From an aiokafka ``ConsumerRecord``."""
+        return cls(raw.topic, raw.partition, raw.offset, raw.key, raw.value or b"", tuple(raw.headers or ()),
+                   raw.timestamp)
