@@ -14,10 +14,13 @@ from loopline_stack.stack import StackConfig
 from rich.console import Console
 from rich.table import Table
 
+from loopline_cli.dlq import dlq_app
+
 app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The local stack: Kafka-protocol broker, PostgreSQL, S3 store.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps its data and pids "
