@@ -6,7 +6,7 @@ from collections.abc import Callable
 from functools import reduce
 from typing import Any, TypeVar
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from loopline_core.errors import invalid
 from loopline_core.kafka.records import Record
@@ -21,7 +21,10 @@ def proto(message_type: type[M], *required: str) -> Callable[[Record], M]:
 
     def decode(record: Record) -> M:
         msg = message_type()
-        msg.ParseFromString(record.value)
+        try:
+            msg.ParseFromString(record.value)
+        except DecodeError as exc:
+            raise invalid(f"undecodable: not a {name} ({exc})") from exc
         for path in required:
             value: Any = reduce(getattr, path.split("."), msg)
             if not value:

@@ -328,9 +328,9 @@ class Delivery(Generic[T]):
         r = d.record
         headers: list[tuple[str, bytes | str]] = [
             (k, v) for k, v in r.headers if not k.startswith(DLQ_DETAIL) and k not in (CONTENT_TYPE, MESSAGE_TYPE)]
-        headers += [(DLQ_REASON, d.reason), (DLQ_KIND, d.kind), (DLQ_SOURCE, r.source),
+        headers += [(DLQ_REASON, d.reason[:1000]), (DLQ_KIND, d.kind), (DLQ_SOURCE, r.source),
                     (DLQ_ATTEMPTS, str(d.attempts))]
-        headers += [(f"{DLQ_DETAIL}{k}", v) for k, v in d.details.items()]
+        headers += [(f"{DLQ_DETAIL}{k}", v[:200]) for k, v in d.details.items()]
         return await self.publisher.publish_nowait(
             self.dead_letter_for(r.topic), r.value, key=r.key, headers=headers,
             content_type=r.header(CONTENT_TYPE) or "application/octet-stream", message_type=r.header(MESSAGE_TYPE))

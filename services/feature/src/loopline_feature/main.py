@@ -27,9 +27,9 @@ async def main(stop: asyncio.Event) -> None:
     store = FeatureStore(pool, settings.feature_window_days)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
     handlers = EventHandlers(store)
-    rt.consumer([rt.namer.valid(VIEW)], handlers.decode_valid, handlers.on_valid)
-    rt.consumer([rt.namer.labels(VIEW)], handlers.decode_label, handlers.on_label,
-                group=rt.namer.group("feature-labels"))
+    rt.subscribe([rt.namer.valid(VIEW)], handlers.decode_valid, handlers.on_valid)
+    rt.subscribe([rt.namer.labels(VIEW)], handlers.decode_label, handlers.on_label,
+                 group=rt.namer.group("feature-labels"))
     servicer = FeatureServicer(store, objects)
     server, port = await start_server([lambda s: feature_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, s)],
                                       settings.feature_port, ["loopline.feature.v1.FeatureService"])

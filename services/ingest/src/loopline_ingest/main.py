@@ -19,7 +19,7 @@ async def main(stop: asyncio.Event) -> None:
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
     handler = RawHandler(SeenEvents(pool), rt.publisher, rt.namer, settings.ingest_entity_field)
-    rt.consumer([rt.namer.raw(d) for d in settings.ingest_datasets], handler.decode, handler.on_raw)
+    rt.subscribe([rt.namer.raw(d) for d in settings.ingest_datasets], handler.decode, handler.on_raw)
     rt.closers.append(pool.close)
     await serve_until(rt, stop)
 

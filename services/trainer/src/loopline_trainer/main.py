@@ -25,7 +25,7 @@ async def main(stop: asyncio.Event) -> None:
     clients = Clients(settings.registry_addr, settings.feature_addr)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
     handler = TrainingHandler(clients, objects, key, trust, rt.publisher, rt.namer)
-    rt.consumer([rt.namer.training_requests()], handler.decode, handler.on_training_requested)
+    rt.consumer([rt.namer.training_requests()], handler.decode, handler.on_training_requested, max_records=1)
     rt.closers.append(clients.close)
     await serve_until(rt, stop)
 

@@ -15,7 +15,8 @@ async def main(stop: asyncio.Event) -> None:
     settings = Settings()  # type: ignore[call-arg]
     rt = await start_runtime("validator", settings)
     handler = IngestedHandler(rt.publisher, rt.namer)
-    rt.consumer([rt.namer.ingested(d) for d in settings.validator_datasets], handler.decode, handler.on_ingested)
+    rt.subscribe([rt.namer.ingested(d) for d in settings.validator_datasets], handler.decode,
+                 handler.on_ingested)
     await serve_until(rt, stop)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 import numpy as np
 from loopline_core.db import Migration
 
-from loopline_feature.domain.features import History
+from loopline_feature.domain.features import History, compute
 
 SCHEMA = "feature"
 MIGRATIONS = [Migration(1, "log_online_labels", """
@@ -23,6 +25,17 @@ MIGRATIONS = [Migration(1, "log_online_labels", """
 """)]
 
 
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """What the feature view reads from a valid transaction."""
+
+    event_id: str
+    customer_id: str
+    event_time: float
+    amount: float
+    merchant_category: str
+
+
 class FeatureStore:
     def __init__(self, pool: asyncpg.Pool, window_days: float) -> None:
         self.pool = pool
@@ -36,35 +49,46 @@ class FeatureStore:
             customer_id, before, self.window_s)
         return History(int(row["n"]), float(row["m"]), float(row["t"]))
 
-    async def record(self, event_id: str, customer_id: str, event_time: float, amount: float,
-                     compute: object) -> bool:
-        """Log the event's features (keyed by event id) and refresh the customer's online row.
+    async def record(self, events: list[Transaction]) -> int:
+        """Log each event's features (keyed by event id) and refresh its customer's online row, the
+        whole batch in one transaction; returns how many were new (a redelivery changes nothing).
 
-        Returns False when the event was already logged (a redelivery): nothing changes then.
+        Events are taken in (customer, event time) order, each customer's lock once, so two replicas
+        that ever share customers lock them in the same order and cannot deadlock.
         """
+        new = 0
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"feature/{customer_id}")
-            history = await self.history(conn, customer_id, event_time)
-            features = compute(history)  # type: ignore[operator]
-            inserted = await conn.fetchval(
-                "insert into offline_log(event_id, customer_id, event_time, amount, features) "
-                "values ($1,$2,to_timestamp($3),$4,$5) on conflict do nothing returning true",
-                event_id, customer_id, event_time, amount, features)
-            if not inserted:
-                return False
-            after = await self.history(conn, customer_id, event_time + 1e-6)
-            await conn.execute(
-                "insert into online(customer_id, txn_count_24h, mean_amount_24h, event_time) "
-                "values ($1,$2,$3,to_timestamp($4)) on conflict (customer_id) do update set "
-                "txn_count_24h=excluded.txn_count_24h, mean_amount_24h=excluded.mean_amount_24h, "
-                "event_time=excluded.event_time where online.event_time <= excluded.event_time",
-                customer_id, float(after.count), after.mean_amount, event_time)
-            return True
+            locked: set[str] = set()
+            for e in sorted(events, key=lambda e: (e.customer_id, e.event_time, e.event_id)):
+                if e.customer_id not in locked:
+                    await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"feature/{e.customer_id}")
+                    locked.add(e.customer_id)
+                history = await self.history(conn, e.customer_id, e.event_time)
+                features = compute(e.amount, e.event_time, e.merchant_category, history)
+                inserted = await conn.fetchval(
+                    "insert into offline_log(event_id, customer_id, event_time, amount, features) "
+                    "values ($1,$2,to_timestamp($3),$4,$5) on conflict do nothing returning true",
+                    e.event_id, e.customer_id, e.event_time, e.amount, features)
+                if not inserted:
+                    continue
+                new += 1
+                after = await self.history(conn, e.customer_id, e.event_time + 1e-6)
+                await conn.execute(
+                    "insert into online(customer_id, txn_count_24h, mean_amount_24h, event_time) "
+                    "values ($1,$2,$3,to_timestamp($4)) on conflict (customer_id) do update set "
+                    "txn_count_24h=excluded.txn_count_24h, mean_amount_24h=excluded.mean_amount_24h, "
+                    "event_time=excluded.event_time where online.event_time <= excluded.event_time",
+                    e.customer_id, float(after.count), after.mean_amount, e.event_time)
+        return new
 
-    async def label(self, event_id: str, label: float, labelled_at: float) -> None:
-        await self.pool.execute("insert into labels(event_id, label, labelled_at) values ($1,$2,to_timestamp($3)) "
-                                "on conflict (event_id) do update set label=excluded.label", event_id, label,
-                                labelled_at)
+    async def label(self, labels: list[tuple[str, float, float]]) -> None:
+        """Upsert ``(event_id, label, labelled_at)`` rows in one statement (the last label of an id wins)."""
+        latest = {event_id: (label, at) for event_id, label, at in labels}
+        await self.pool.execute(
+            "insert into labels(event_id, label, labelled_at) "
+            "select e, l, to_timestamp(t) from unnest($1::text[], $2::float8[], $3::float8[]) as u(e, l, t) "
+            "on conflict (event_id) do update set label=excluded.label",
+            list(latest), [v[0] for v in latest.values()], [v[1] for v in latest.values()])
 
     async def online(self, customer_ids: list[str]) -> dict[str, tuple[list[float], float]]:
         rows = await self.pool.fetch("select customer_id, txn_count_24h, mean_amount_24h, "

@@ -1,14 +1,19 @@
-"""on_raw: ``loopline.raw.<dataset>`` -> ``loopline.ingested.<dataset>`` (EventIngested)."""
+"""on_raw: ``loopline.raw.<dataset>`` -> ``loopline.ingested.<dataset>`` (EventIngested), a batch at a time."""
 
 from __future__ import annotations
 
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.events import metadata, timestamp
-from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka import Item, Publisher, Record, TopicNamer
+from loopline_core.kafka.records import EVENT_ID
 
 from loopline_ingest.adapters.dedupe import SeenEvents
 from loopline_ingest.domain.envelope import Envelope, wrap_json
 from loopline_ingest.metrics import DUPLICATES, INGESTED
+
+TS_UNIT = "x-loopline-ts-unit"
+SOURCE = "x-loopline-source"
+REDRIVEN = "x-loopline-redriven-from"
 
 
 class RawHandler:
@@ -19,25 +24,43 @@ class RawHandler:
         self.entity_field = entity_field
 
     def decode(self, record: Record) -> Envelope:
+        """Envelope one raw record; anything wrong with it raises and sends it to the dead letters."""
         dataset = record.topic.rsplit(".", 1)[-1]
-        return wrap_json(dataset, record.header("x-loopline-source") or record.topic, record.value,
-                         self.entity_field)
+        return wrap_json(dataset, record.header(SOURCE) or record.topic, record.value, self.entity_field,
+                         event_id=record.header(EVENT_ID), ts_unit=record.header(TS_UNIT),
+                         redriven=record.header(REDRIVEN) is not None)
 
-    async def on_raw(self, env: Envelope, _record: Record) -> None:
+    async def on_raw(self, items: list[Item[Envelope]]) -> None:
         """Consumes ``loopline.raw.<dataset>``; emits one EventIngested per new event id.
 
-        Publish first, then mark seen: a crash in between republishes, and downstream sinks are keyed
-        by the event id, so the repeat is absorbed (marking first could lose the event).
+        One query finds the ids already forwarded, one flush publishes the rest (keyed by entity, so
+        one customer's events stay in order), one statement marks them seen. Publish first, then
+        mark: a crash in between republishes, and every sink downstream is keyed by the event id,
+        so the repeat is absorbed (marking first could lose the event).
         """
-        if await self.seen.seen(env.event_id):
-            DUPLICATES.labels(env.dataset).inc()
-            return
-        msg = EventIngested(metadata=metadata("ingest", env.event_id, occurred_at=env.event_time),
-                            dataset=env.dataset, source=env.source, event_time=timestamp(env.event_time),
-                            ingest_time=timestamp(env.ingest_time), content_type=env.content_type,
-                            payload=env.payload)
-        await self.publisher.publish(self.namer.ingested(env.dataset), msg.SerializeToString(),
-                                     key=env.entity_id or env.event_id,
-                                     message_type="loopline.ingest.v1.EventIngested")
-        await self.seen.mark(env.event_id, env.dataset)
-        INGESTED.labels(env.dataset).inc()
+        batch: dict[str, Envelope] = {}
+        for item in items:
+            batch.setdefault(item.value.event_id, item.value)
+        # A redriven record failed after ingest had forwarded (and marked) it, so it goes out again;
+        # it keeps its event id, so sinks that already hold it do not take it twice.
+        seen = await self.seen.seen([eid for eid, env in batch.items() if not env.redriven])
+        new = [env for eid, env in batch.items() if eid not in seen]
+        by_dataset: dict[str, list[Envelope]] = {}
+        for env in new:
+            by_dataset.setdefault(env.dataset, []).append(env)
+        for dataset, envs in by_dataset.items():
+            await self.publisher.publish_batch(
+                self.namer.ingested(dataset), [(env.entity_id or env.event_id, _envelope(env)) for env in envs],
+                message_type="loopline.ingest.v1.EventIngested")
+        await self.seen.mark([(env.event_id, env.dataset) for env in new])
+        for dataset, envs in by_dataset.items():
+            INGESTED.labels(dataset).inc(len(envs))
+        if len(new) < len(items):
+            DUPLICATES.labels(items[0].value.dataset).inc(len(items) - len(new))
+
+
+def _envelope(env: Envelope) -> bytes:
+    return EventIngested(metadata=metadata("ingest", env.event_id, occurred_at=env.event_time),
+                         dataset=env.dataset, source=env.source, event_time=timestamp(env.event_time),
+                         ingest_time=timestamp(env.ingest_time), content_type=env.content_type,
+                         payload=env.payload).SerializeToString()

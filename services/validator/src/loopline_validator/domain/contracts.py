@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,12 +44,15 @@ class Contract:
             if not _is(value, f.kind):
                 out.append((f.name, "type", f"{f.name} must be {_kind(f.kind)}, got {type(value).__name__}"))
                 continue
+            if isinstance(value, float) and not math.isfinite(value):
+                out.append((f.name, "finite", f"{f.name} must be a finite number"))
+                continue
             if f.min is not None and value < f.min:
-                out.append((f.name, "range", f"{f.name}={value} is below {f.min}"))
+                out.append((f.name, "range", f"{f.name}={_short(value)} is below {f.min}"))
             if f.max is not None and value > f.max:
-                out.append((f.name, "range", f"{f.name}={value} is above {f.max}"))
+                out.append((f.name, "range", f"{f.name}={_short(value)} is above {f.max}"))
             if f.choices is not None and value not in f.choices:
-                out.append((f.name, "enum", f"{f.name}={value!r} is not one of {sorted(f.choices)}"))
+                out.append((f.name, "enum", f"{f.name}={_short(value)} is not one of {sorted(f.choices)}"))
             if f.length is not None and len(value) != f.length:
                 out.append((f.name, "length", f"{f.name} must have length {f.length}"))
         return out
@@ -58,6 +62,12 @@ class Contract:
         if problems:
             field, rule, _ = problems[0]
             raise invalid("; ".join(p[2] for p in problems), contract=self.ref, field=field, rule=rule)
+
+
+def _short(value: Any) -> str:
+    """A value for a message: outside producers send 200 KB strings too, and reasons travel in headers."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
