@@ -1,16 +1,24 @@
-"""`loopline stack` as a user runs it: up, status, env, down, and its refusals."""
+"""`loopline stack` as a user runs it: up, status, env, down, and its refusals; the durable broker mode."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from loopline_stack.stack import StackState
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from loopline_core.kafka import ensure_topics
+from loopline_stack import Stack, StackError
+from loopline_stack.stack import StackConfig, StackState
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "loopline_cli"]
@@ -85,3 +93,122 @@ def test_a_component_that_never_answers_is_stopped(tmp_path: Path) -> None:
     assert state is not None
     for comp in state.components.values():
         assert not psutil.pid_exists(comp.pid) or psutil.Process(comp.pid).status() == psutil.STATUS_ZOMBIE
+
+
+# ---- durable broker mode: its own stack, the broker stopped and started again ---------------------------
+
+TOPIC = "durable-check"
+GROUP = "durable-group"
+RECORDS = 2000
+
+
+def test_durable_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LOOPLINE_STACK_DURABLE", "1")
+    assert StackConfig.from_env(tmp_path).durable
+    monkeypatch.delenv("LOOPLINE_STACK_DURABLE")
+    assert not StackConfig.from_env(tmp_path).durable
+
+
+@pytest.fixture
+def durable_stack() -> Iterator[Stack]:
+    # Not tmp_path: as root, PostgreSQL runs as the `embedded_postgres` user, and every pytest session
+    # that starts meanwhile chmods /tmp/pytest-of-root back to 0700, cutting that user off mid-initdb.
+    state_dir = Path(tempfile.mkdtemp(prefix="loopline-durable-"))
+    stack = Stack(StackConfig(state_dir=state_dir, durable=True, timeout_s=60))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+async def _produce_and_commit_half(bootstrap: str) -> dict[TopicPartition, int]:
+    """Write RECORDS records, then let a group consumer read about half of them and commit what it read."""
+    await ensure_topics(bootstrap, [TOPIC], partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = [await producer.send(TOPIC, str(i).encode(), key=str(i).encode()) for i in range(RECORDS)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_poll_records=100)
+    await consumer.start()
+    try:
+        next_offset: dict[TopicPartition, int] = {}
+        async with asyncio.timeout(30):
+            # Half the records, and some from each partition, so both partitions get a committed offset.
+            while sum(next_offset.values()) < RECORDS // 2 or len(next_offset) < 2:
+                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                    next_offset[tp] = batch[-1].offset + 1
+        await consumer.commit(next_offset)
+    finally:
+        await consumer.stop()
+    return next_offset
+
+
+async def _read_back(bootstrap: str) -> tuple[set[bytes], dict[TopicPartition, int | None]]:
+    """Every record on the topic from the beginning, and the group's committed offsets."""
+    tps = [TopicPartition(TOPIC, p) for p in range(2)]
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        values: set[bytes] = set()
+        async with asyncio.timeout(30):
+            while len(values) < RECORDS:
+                for batch in (await reader.getmany(timeout_ms=500)).values():
+                    values.update(r.value for r in batch if r.value is not None)
+    finally:
+        await reader.stop()
+    group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False)
+    await group.start()
+    try:
+        committed = {tp: await group.committed(tp) for tp in tps}
+    finally:
+        await group.stop()
+    return values, committed
+
+
+def _broker_refuses(bootstrap: str) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_durable_broker_keeps_records_and_group_offsets_across_a_restart(durable_stack: Stack) -> None:
+    state = durable_stack.state()
+    assert state is not None and state.durable
+    bootstrap = state.env["LOOPLINE_KAFKA_BOOTSTRAP"]
+    assert durable_stack.status()["kafka"]["storage"] == "s3://loopline-kafka/"
+    committed_before = asyncio.run(_produce_and_commit_half(bootstrap))
+    old = state.components["kafka"]
+
+    durable_stack.stop_broker()
+    assert _broker_refuses(bootstrap)
+    stopped = durable_stack.status()["kafka"]
+    assert stopped["pid"] == old.pid and not stopped["alive"] and not stopped["answering"]
+    durable_stack.start_broker()
+    with pytest.raises(StackError, match="already running"):
+        durable_stack.start_broker()
+
+    after = durable_stack.state()
+    assert after is not None
+    new = after.components["kafka"]
+    assert new.pid != old.pid and new.ports == old.ports
+    assert after.env["LOOPLINE_KAFKA_BOOTSTRAP"] == bootstrap
+    assert all(s["alive"] and s["answering"] for s in durable_stack.status().values())
+    values, committed_after = asyncio.run(_read_back(bootstrap))
+    assert values == {str(i).encode() for i in range(RECORDS)}
+    assert len(committed_before) == 2 and committed_after == committed_before
+
+    # `down` stops every recorded process, the restarted broker included.
+    pids = [c.pid for c in after.components.values()]
+    assert durable_stack.down() == ["kafka", "s3", "postgres"]
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)

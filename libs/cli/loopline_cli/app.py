@@ -37,10 +37,15 @@ def _fail(message: str) -> None:
 
 
 @stack_app.command("up")
-def stack_up(state_dir: StateDir = None) -> None:
+def stack_up(state_dir: StateDir = None,
+             durable: Annotated[bool, typer.Option(
+                 "--durable", help="keep the broker's topics and group offsets in the stack's S3 store, so a "
+                 "broker restart loses nothing; default: in memory (env LOOPLINE_STACK_DURABLE=1)")] = False) -> None:
     """Start the broker, PostgreSQL and the S3 store; wait until each answers."""
+    stack = _stack(state_dir)
+    stack.config.durable = stack.config.durable or durable
     try:
-        state = _stack(state_dir).up()
+        state = stack.up()
     except StackError as exc:
         _fail(str(exc))
         return

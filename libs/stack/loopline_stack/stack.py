@@ -2,6 +2,10 @@
 
 Every server runs as our own child on a free loopback port under one state directory; the pids,
 their start times and ports are recorded in ``stack.json`` and ``down`` stops exactly those.
+
+The broker keeps its topics in memory by default (a restart loses them). In durable mode it keeps
+them, with group offsets, as objects in the stack's own S3 store (bucket ``loopline-kafka``), so
+``stop_broker``/``start_broker`` (or a crash) lose nothing that was acknowledged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from loopline_stack import procs
 
 DATABASE = "loopline"
+KAFKA_BUCKET = "loopline-kafka"
 
 
 class StackError(RuntimeError):
@@ -41,6 +46,7 @@ class StackState:
     state_dir: str
     components: dict[str, Component] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    durable: bool = False
 
     def save(self) -> None:
         path = Path(self.state_dir) / "stack.json"
@@ -53,7 +59,7 @@ class StackState:
             return None
         raw = json.loads(path.read_text())
         comps = {k: Component(**v) for k, v in raw["components"].items()}
-        return cls(raw["state_dir"], comps, raw["env"])
+        return cls(raw["state_dir"], comps, raw["env"], bool(raw.get("durable", False)))
 
 
 @dataclass
@@ -66,6 +72,7 @@ class StackConfig:
     s3_secret_key: str = ""
     timeout_s: float = 60.0
     topic_prefix: str = "loopline"
+    durable: bool = False
 
     @classmethod
     def from_env(cls, state_dir: Path | None = None) -> StackConfig:
@@ -78,6 +85,7 @@ class StackConfig:
             s3_access_key=env.get("LOOPLINE_STACK_S3_ACCESS_KEY", "loopline"),
             s3_secret_key=env.get("LOOPLINE_STACK_S3_SECRET_KEY", ""),
             timeout_s=float(env.get("LOOPLINE_STACK_TIMEOUT_S", "60")),
+            durable=env.get("LOOPLINE_STACK_DURABLE", "").lower() in {"1", "true", "yes"},
         )
 
 
@@ -137,16 +145,13 @@ class Stack:
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
-        state = StackState(str(self.dir))
+        state = StackState(str(self.dir), durable=self.config.durable)
         try:
             started = time.monotonic()
-            self._start_kafka(state, binaries["kafka"])
-            self._start_postgres(state)
-            self._start_s3(state, binaries["s3"])
-            state.save()
-            self._wait_kafka(state)
-            self._wait_postgres(state)
-            self._wait_s3(state)
+            if state.durable:
+                self._up_durable(state, binaries)
+            else:
+                self._up_memory(state, binaries)
             self._signing_keys(state)
             state.save()
             self._say(f"stack ready in {time.monotonic() - started:.1f}s")
@@ -154,6 +159,58 @@ class Stack:
             self._stop_components(state)
             raise
         return state
+
+    def _up_memory(self, state: StackState, binaries: dict[str, str]) -> None:
+        # Start all three before waiting on any: their start-up times overlap.
+        self._start_kafka(state, binaries["kafka"])
+        self._start_postgres(state)
+        self._start_s3(state, binaries["s3"])
+        state.save()
+        self._wait_kafka(state)
+        self._wait_postgres(state)
+        self._wait_s3(state)
+
+    def _up_durable(self, state: StackState, binaries: dict[str, str]) -> None:
+        # The broker reads and writes its log in S3 from its first request: the store and the
+        # broker's bucket must answer before the broker starts. PostgreSQL starts meanwhile.
+        self._start_postgres(state)
+        self._start_s3(state, binaries["s3"])
+        state.save()
+        self._wait_s3(state)
+        self._start_kafka(state, binaries["kafka"])
+        state.save()
+        self._wait_kafka(state)
+        self._wait_postgres(state)
+
+    def stop_broker(self) -> None:
+        """Stop only the broker, by its recorded pid; ``start_broker`` brings it back on the same port.
+
+        The record keeps the stopped pid and its create time: ``procs.ours`` no longer matches them, so
+        ``status`` shows the broker not alive and ``down`` skips it, even if the pid is reused meanwhile.
+        """
+        state = self._running_state()
+        comp = state.components["kafka"]
+        self._say(f"stopping the broker (pid {comp.pid})")
+        procs.stop(comp.pid, comp.create_time, sig=signal.SIGTERM, timeout=10.0)
+
+    def start_broker(self) -> None:
+        """Start the broker again on the same port with the same storage; return once it answers."""
+        state = self._running_state()
+        comp = state.components["kafka"]
+        if procs.ours(comp.pid, comp.create_time) is not None:
+            raise StackError(f"the broker is already running (pid {comp.pid})")
+        # No port_in_use check here: connections the old broker closed on clients still connected linger
+        # on the port (FIN-WAIT/TIME-WAIT), which a plain bind reports as taken though Tansu rebinds fine.
+        # If another process really took the port, Tansu exits and _wait says so.
+        self._start_kafka(state, broker_binary(), port=comp.ports["kafka"])
+        state.save()
+        new = state.components["kafka"]
+        try:
+            self._wait("kafka", state, self._kafka_answers)
+        except BaseException:
+            procs.stop(new.pid, new.create_time, timeout=10.0)
+            raise
+        self._say("broker answers again")
 
     def down(self, *, keep_data: bool = False) -> list[str]:
         """Stop the recorded processes (and only those); remove the state directory."""
@@ -182,22 +239,43 @@ class Stack:
                 except Exception:  # noqa: BLE001 - any failure means "not answering"
                     answering = False
             out[name] = {"pid": comp.pid, "alive": alive, "answering": answering, "ports": comp.ports}
+        if "kafka" in out:
+            out["kafka"]["storage"] = self._kafka_storage(state)
         return out
 
     def state(self) -> StackState | None:
         return StackState.load(self.dir)
+
+    def _running_state(self) -> StackState:
+        state = StackState.load(self.dir)
+        if state is None or "kafka" not in state.components:
+            raise StackError(f"no stack is running from {self.dir}; `loopline stack up` first")
+        return state
 
     # ---- kafka --------------------------------------------------------------------------------
 
     def _port(self, fixed: int) -> int:
         return fixed or procs.free_port()
 
-    def _start_kafka(self, state: StackState, binary: str) -> None:
-        port = self._port(self.config.kafka_port)
+    def _kafka_storage(self, state: StackState) -> str:
+        return f"s3://{KAFKA_BUCKET}/" if state.durable else "memory://tansu/"
+
+    def _kafka_env(self, state: StackState) -> dict[str, str] | None:
+        """Tansu's S3 engine (Rust object_store) reads its endpoint and keys from AWS_* variables."""
+        if not state.durable:
+            return None
+        return {**os.environ, "AWS_ACCESS_KEY_ID": state.env["LOOPLINE_S3_ACCESS_KEY"],
+                "AWS_SECRET_ACCESS_KEY": state.env["LOOPLINE_S3_SECRET_KEY"],
+                "AWS_ENDPOINT": state.env["LOOPLINE_S3_ENDPOINT"], "AWS_ALLOW_HTTP": "true",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def _start_kafka(self, state: StackState, binary: str, *, port: int = 0) -> None:
+        port = port or self._port(self.config.kafka_port)
         url = f"tcp://127.0.0.1:{port}"
-        self._say(f"starting Kafka-protocol broker (Tansu) on 127.0.0.1:{port}")
+        storage = self._kafka_storage(state)
+        self._say(f"starting Kafka-protocol broker (Tansu, storage {storage}) on 127.0.0.1:{port}")
         pid, ct = procs.spawn([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                               "--storage-engine", "memory://tansu/"], self.dir / "kafka.log")
+                               "--storage-engine", storage], self.dir / "kafka.log", env=self._kafka_env(state))
         state.components["kafka"] = Component("kafka", pid, ct, {"kafka": port}, str(self.dir / "kafka.log"))
         state.env["LOOPLINE_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
 
@@ -352,14 +430,16 @@ class Stack:
         self._wait("s3", state, self._s3_answers)
         store = self._store(state)
 
+        buckets = (*BUCKETS, KAFKA_BUCKET) if state.durable else BUCKETS
+
         async def _buckets() -> None:
-            for b in BUCKETS:
+            for b in buckets:
                 await store.ensure_bucket(b)
 
         # The S3 gateway answers before its filer can always create buckets; retry briefly.
         if not procs.wait_until(lambda: asyncio.run(_buckets()) is None, self.config.timeout_s, 0.5):
             raise StackError(f"S3 store answered but buckets could not be created; see {self.dir / 's3.log'}")
-        self._say(f"S3 store answers; buckets {', '.join(BUCKETS)} ready")
+        self._say(f"S3 store answers; buckets {', '.join(buckets)} ready")
 
     # ---- signing keys -------------------------------------------------------------------------
 
@@ -393,7 +473,8 @@ class Stack:
     def _stop_components(self, state: StackState, *, patient: bool = False) -> list[str]:
         stopped = []
         # Postgres: SIGINT is its "fast" shutdown. SeaweedFS can take >7 s on SIGTERM.
-        for name in ("s3", "postgres", "kafka"):
+        # The broker goes first: in durable mode its last writes go to the S3 store.
+        for name in ("kafka", "s3", "postgres"):
             comp = state.components.get(name)
             if comp is None:
                 continue
