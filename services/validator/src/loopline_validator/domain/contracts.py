@@ -82,7 +82,7 @@ def _kind(kind: type | tuple[type, ...]) -> str:
 
 
 TRANSACTIONS_V1 = Contract("transactions", "v1", (
-    Field("event_id", str),
+    Field("event_id", str, required=False),  # ingest derives one from the canonical JSON when absent
     Field("customer_id", str),
     Field("merchant_id", str),
     Field("amount", (int, float), min=0, max=1_000_000),
