@@ -30,10 +30,11 @@ demo: setup ## the main job: run the whole loop on the local stack and write a r
 test: setup ## the whole suite against the real local stack
 	$(BIN)/pytest
 
-lint: setup ## ruff, mypy and buf lint
+lint: setup ## ruff, mypy, buf lint and buf breaking (against the released contracts)
 	$(BIN)/ruff check .
 	$(BIN)/mypy libs/core libs/ml libs/stack libs/cli services/*/src
 	tools/buf lint protos
+	tools/buf breaking protos --against protos/released/v1.binpb
 
 protos: setup ## regenerate libs/contracts from protos/
 	$(BIN)/python scripts/gen_protos.py

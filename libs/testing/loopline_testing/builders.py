@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
 import numpy as np
 import torch
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.kafka import Record
 from loopline_core.objstore import ObjectStore
@@ -21,28 +23,141 @@ from loopline_ml.drift import reference
 FEATURES = ["amount", "log_amount", "txn_count_24h", "mean_amount_24h", "amount_to_mean", "night", "risky_category"]
 
 
+def _record(r: ConsumerRecord[bytes, bytes]) -> Record:
+    return Record(r.topic, r.partition, r.offset, r.key, r.value or b"", tuple(r.headers or ()), r.timestamp)
+
+
 async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[Record]:
-    """Read ``topic`` from the start until ``count`` records arrived (or fail after ``timeout``)."""
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                         group_id=f"reader-{uuid.uuid4().hex[:8]}")
-    await c.start()
-    out: list[Record] = []
-    try:
-        async with asyncio.timeout(timeout):
+    """Read ``topic`` from the start until ``count`` records arrived (or fail after ``timeout``).
+
+    It may return more than ``count`` (a fetch brings what it brings); use :func:`quiet` to prove
+    that nothing beyond ``count`` arrived. Partitions are assigned by hand (no consumer group), so
+    no group join delays the read.
+    """
+    async with asyncio.timeout(timeout):
+        tps = await _partitions(bootstrap, [topic])
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        await c.start()
+        out: list[Record] = []
+        try:
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
             while len(out) < count:
-                for recs in (await c.getmany(timeout_ms=200)).values():
-                    out += [Record(r.topic, r.partition, r.offset, r.key, r.value or b"", tuple(r.headers or ()),
-                                   r.timestamp) for r in recs]
-    finally:
-        await c.stop()
+                for recs in (await c.getmany(*tps, timeout_ms=200)).values():
+                    out += [_record(r) for r in recs]
+        finally:
+            await c.stop()
     return out
 
 
-async def quiet(bootstrap: str, topic: str, expected: int, wait_s: float = 3.0) -> list[Record]:
-    """All records on ``topic`` after ``wait_s`` more seconds (to check that nothing extra arrived)."""
-    records = await read_topic(bootstrap, topic, expected)
-    await asyncio.sleep(wait_s)
-    return await read_topic(bootstrap, topic, expected) if expected else records
+async def _partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartition]:
+    """The partitions of ``topics``, waiting for a topic that does not exist yet (callers bound the wait)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        out = []
+        for t in topics:
+            await c.topics()  # loads the metadata partitions_for_topic reads
+            while not (parts := c.partitions_for_topic(t)):
+                await asyncio.sleep(0.2)
+                await c.topics()
+            out += [TopicPartition(t, p) for p in sorted(parts)]
+        return out
+    finally:
+        await c.stop()
+
+
+async def _log_end(c: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset after the last record of each of ``tps`` (``c`` has them assigned), as of now.
+
+    ``end_offsets`` first; then one fetch from there, whose high watermark wins when greater: the
+    local broker (Tansu) answers ListOffsets "latest" with the first offset of the partition's last
+    batch, not the offset after it, so ``end_offsets`` alone misses up to a batch of records.
+    """
+    ends: dict[TopicPartition, int] = await c.end_offsets(tps)
+    for tp in tps:
+        c.seek(tp, ends[tp])
+    while (unknown := [tp for tp in tps if c.highwater(tp) is None]):
+        await c.getmany(*unknown, timeout_ms=200)
+    return {tp: max(ends[tp], c.highwater(tp) or 0) for tp in tps}
+
+
+async def _end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign(tps)
+        return await _log_end(c, tps)
+    finally:
+        await c.stop()
+
+
+async def _read_to_end(bootstrap: str, topic: str, timeout: float) -> list[Record]:
+    """Every record on ``topic`` up to its end offsets as of now (manual assignment: no group)."""
+    async with asyncio.timeout(timeout):
+        tps = await _partitions(bootstrap, [topic])
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        await c.start()
+        out: list[Record] = []
+        try:
+            c.assign(tps)
+            ends = await _log_end(c, tps)
+            await c.seek_to_beginning(*tps)
+            while [tp for tp in tps if await c.position(tp) < ends[tp]]:
+                for recs in (await c.getmany(*tps, timeout_ms=200)).values():
+                    out += [_record(r) for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]]
+        finally:
+            await c.stop()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
+
+
+async def _wait_committed(bootstrap: str, settled: Mapping[str, Iterable[str]], timeout: float) -> None:
+    """Wait until each consumer group in ``settled`` committed its topics up to their current end offsets."""
+    async with asyncio.timeout(timeout):
+        wanted = {group: await _partitions(bootstrap, topics) for group, topics in settled.items()}
+        ends = {group: await _end_offsets(bootstrap, tps) for group, tps in wanted.items()}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    behind: dict[str, dict[TopicPartition, tuple[int, int]]] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                behind = {}
+                for group, tps in wanted.items():
+                    # explicit partitions: the local broker does not answer an OffsetFetch for "all"
+                    done = await admin.list_consumer_group_offsets(group, partitions=tps)
+                    lag = {tp: (done[tp].offset, end) for tp, end in ends[group].items()
+                           if end > 0 and (tp not in done or done[tp].offset < end)}
+                    if lag:
+                        behind[group] = lag
+                if not behind:
+                    return
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"consumer groups did not commit to the end within {timeout:.0f}s "
+                             f"(committed, end): {behind}") from None
+    finally:
+        await admin.close()
+
+
+async def quiet(bootstrap: str, topic: str, expected: int, wait_s: float = 3.0, *,
+                settled: Mapping[str, Iterable[str]] | None = None, timeout: float = 60.0) -> list[Record]:
+    """Every record on ``topic`` once the producers upstream of it went quiet (to prove nothing extra arrived).
+
+    First waits for ``expected`` records (none for 0); then, for each ``group: topics`` in
+    ``settled``, until that consumer group has committed those input topics to their end offsets
+    (as of the call), which proves its handlers ran for every input, and so published what they
+    publish; then ``wait_s`` more seconds (pass 0 when ``settled`` already says when to look). It
+    then reads ``topic`` to its end offsets: all the records present, however many, never only
+    ``expected`` of them.
+    """
+    if expected:
+        await read_topic(bootstrap, topic, expected, timeout)
+    if settled:
+        await _wait_committed(bootstrap, settled, timeout)
+    if wait_s:
+        await asyncio.sleep(wait_s)
+    return await _read_to_end(bootstrap, topic, timeout)
 
 
 def make_model(seed: int = 0, features: list[str] | None = None) -> artifact.ScoringModel:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.kafka.records import DLQ_REASON
@@ -22,7 +26,7 @@ def test_generated_ids_are_stable_so_redeliveries_dedupe() -> None:
 
 async def test_envelopes_dedupes_and_dead_letters(isolated: dict[str, str], services: Callable[..., ServiceSet],
                                                   publisher: Publisher) -> None:
-    svc = services("ingest")
+    services("ingest")
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     raw = namer.raw("transactions")
     txn = {"event_id": "e-1", "customer_id": "c9", "amount": 10.5, "ts": 1795341600}
@@ -42,7 +46,65 @@ async def test_envelopes_dedupes_and_dead_letters(isolated: dict[str, str], serv
     dead = await read_topic(bootstrap, namer.dlq("transactions"), 1)
     assert dead[0].value == b"<xml/>" and (dead[0].header(DLQ_REASON) or "").startswith("not JSON")
 
-    # SIGTERM: the service finishes, commits, leaves its group and says so
+
+async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets ``group`` committed on each partition of ``topic`` (0 where it committed none)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        await c.topics()
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    finally:
+        await c.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        done = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await admin.close()
+    return {tp.partition: max(done[tp].offset, 0) for tp in tps}
+
+
+async def test_sigterm_commits_exactly_what_was_forwarded(isolated: dict[str, str],
+                                                          services: Callable[..., ServiceSet],
+                                                          publisher: Publisher) -> None:
+    """SIGTERM mid-stream: ingest finishes the record in hand, commits it, and stops; a restart
+    goes on from there, so every event is forwarded exactly once."""
+    svc = services("ingest")
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    raw, ingested, group = namer.raw("transactions"), namer.ingested("transactions"), namer.group("ingest")
+    bootstrap = isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
+    ids = [f"s-{i}" for i in range(1500)]
+
+    async def stream() -> None:
+        for start in range(0, len(ids), 20):
+            await asyncio.gather(*(publisher.publish(
+                raw, json.dumps({"event_id": eid, "customer_id": f"c{i % 10}", "amount": i, "ts": 1795341600})
+                .encode(), key=f"c{i % 10}", content_type="application/json")
+                for i, eid in enumerate(ids[start:start + 20], start)))
+
+    producing = asyncio.create_task(stream())
+    await read_topic(bootstrap, ingested, 100, timeout=60)  # ingest is busy with the stream
     log = svc.running["ingest"].log
-    svc.stop()
+    await asyncio.to_thread(svc.stop)  # SIGTERM, then wait for the process to exit
+    await producing
+
+    # (a) the group's commits are exactly the records ingest forwarded: none forwarded and left
+    # uncommitted (it would be redelivered), none committed and not forwarded (it would be lost)
+    by_id = {json.loads(r.value)["event_id"]: (r.partition, r.offset)
+             for r in await quiet(bootstrap, raw, 0, wait_s=0)}
+    assert sorted(by_id) == sorted(ids)
+    forwarded = [EventIngested.FromString(r.value).metadata.event_id
+                 for r in await quiet(bootstrap, ingested, 0, wait_s=0)]
+    committed = await _committed(bootstrap, group, raw)
+    assert 0 < sum(committed.values()) < len(ids), f"SIGTERM came mid-stream: {committed}"
+    for partition, upto in committed.items():
+        sent = sorted(offset for eid in forwarded for p, offset in [by_id[eid]] if p == partition)
+        assert sent == list(range(upto)), f"partition {partition}: committed up to {upto}, forwarded {sent[-3:]}"
     assert '"message": "drained and stopped"' in log.read_text()
+
+    # (b) restarted, ingest goes on from its commits: every event exactly once downstream
+    services("ingest")
+    out = await quiet(bootstrap, ingested, 0, wait_s=0, settled={group: [raw]})
+    counts = Counter(EventIngested.FromString(r.value).metadata.event_id for r in out)
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}, counts.most_common(3)

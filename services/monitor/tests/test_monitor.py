@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import numpy as np
@@ -14,7 +13,7 @@ from loopline_core.objstore import ObjectStore
 from loopline_ml.drift import psi, reference
 from loopline_monitor.domain.alerting import next_state
 from loopline_stack.services import ServiceSet
-from loopline_testing.builders import FEATURES, read_topic, register_signed_model, set_alias
+from loopline_testing.builders import FEATURES, quiet, register_signed_model, set_alias
 
 
 def test_psi_and_hysteresis() -> None:
@@ -55,22 +54,26 @@ async def test_drift_raises_one_alert(isolated: dict[str, str], services: Callab
     async def reports() -> set[str]:
         return set(await store.list_keys("loopline-reports", "drift/fraud/")) - before
 
+    bootstrap = isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
+    # Once the monitor's group committed every prediction sent, its reports and alerts for them exist.
+    handled = {namer.group("monitor"): [namer.predictions("fraud")]}
+
+    async def alerts(expected: int = 0) -> list[DriftAlertRaised]:
+        return [DriftAlertRaised.FromString(r.value) for r in
+                await quiet(bootstrap, namer.alerts(), expected, wait_s=0, settled=handled)]
+
     await send(rng.normal(size=(200, len(FEATURES))), 0)
     await send(rng.normal(size=(50, len(FEATURES))), 0)  # redelivered predictions: ignored
-    async with asyncio.timeout(30):
-        while len(await reports()) < 2:
-            await asyncio.sleep(0.3)
+    assert await alerts() == [], "no drift, no alert"
+    assert len(await reports()) == 2, "one report per 100 new predictions"
     shifted = rng.normal(size=(300, len(FEATURES)))
     shifted[:, 0] += 2.0
     await send(shifted, 1000)
-    alerts = [DriftAlertRaised.FromString(r.value) for r in
-              await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.alerts(), 1)]
-    a = alerts[0]
+    raised = await alerts(1)
+    assert len(raised) == 1, "hysteresis: a sustained drift raises one alert"
+    a = raised[0]
     assert a.model_version == v.version and a.statistic == "psi"
     assert max(a.feature_scores, key=a.feature_scores.get) == "amount"
     assert a.feature_scores["amount"] > a.threshold > a.feature_scores["night"]
-    await asyncio.sleep(3)
-    again = await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.alerts(), 1)
-    assert len(again) == 1, "hysteresis: a sustained drift raises one alert"
     # one report per 100 new predictions: 200 new (50 more were repeats), then 300
     assert len(await reports()) == 5

@@ -45,15 +45,39 @@ async def test_alert_to_request_to_promotion(isolated: dict[str, str], services:
     v1 = await register_signed_model(isolated, registry, "fraud", seed=1)
     await set_alias(registry, "fraud", "champion", v1.version)
 
+    labels = namer.labels("transactions")
+    # Committed offsets say the retrainer's handlers ran for every alert and label published so far,
+    # so what is on the requests topic then is all it will ever publish for them.
+    handled = {namer.group("retrainer"): [namer.alerts()], namer.group("retrainer-labels"): [labels]}
+
+    async def requested(expected: int = 0) -> list[TrainingRequested]:
+        return [TrainingRequested.FromString(r.value) for r in
+                await quiet(bootstrap, namer.training_requests(), expected, wait_s=0, settled=handled)]
+
+    async def label(event_id: str) -> None:
+        await publisher.publish(labels, json.dumps({"event_id": event_id, "label": 0}).encode())
+
+    for i in range(3):
+        await label(f"old-{i}")  # before the drift: not fresh
+    assert await requested() == []
+
     alert = DriftAlertRaised(metadata=metadata("test", "alert-1"), model_name="fraud", model_version=1,
                              statistic="psi", threshold=0.25, feature_scores={"amount": 0.9}, max_score=0.9)
     await publisher.publish(namer.alerts(), alert.SerializeToString(), key="fraud")
     await publisher.publish(namer.alerts(), alert.SerializeToString(), key="fraud")  # redelivered
-    assert await quiet(bootstrap, namer.training_requests(), 0, wait_s=3) == [], "waits for fresh labels"
-    for i in range(6):
-        await publisher.publish(namer.labels("transactions"), json.dumps({"event_id": f"e{i}", "label": 0}).encode())
-    requests = [TrainingRequested.FromString(r.value) for r in await quiet(bootstrap, namer.training_requests(), 1)]
+    assert await requested() == [], "waits for fresh labels"
+    log = svc.running["retrainer"].log.read_text()
+    assert log.count('"message": "retraining once fresh labels arrive"') == 1, "it is waiting, once"
+
+    for i in range(4):
+        await label(f"e{i}")
+    await label("e0")  # a redelivered label counts once
+    assert await requested() == [], "4 of 5 fresh labels (the 3 older ones do not count): still waiting"
+    await label("e4")
+    requests = await requested(1)
     assert len(requests) == 1
+    await label("e5")
+    assert await requested() == requests, "one request per alert"
     req = requests[0]
     assert req.model_name == "fraud" and "amount=0.90" in req.reason and req.params["window_rows"] == "3000"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tempfile
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from loopline_core.objstore import ObjectStore
 from loopline_core.signing import TrustStore
 from loopline_ml.store import fetch_verified
 from loopline_stack.services import ServiceSet
-from loopline_testing.builders import read_topic
+from loopline_testing.builders import quiet
 from loopline_trainer.domain.training import evaluate, time_split, train
 
 
@@ -54,7 +53,11 @@ async def test_a_request_becomes_a_signed_registered_version(
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     bootstrap = isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
     await _seed_data(publisher, namer, 800)
-    await asyncio.sleep(8)  # let the feature service log them (the request would otherwise see fewer rows)
+    # The feature service has logged every event and label once both its groups committed them all
+    # (a request sent earlier would train on fewer rows).
+    logged = {namer.group("feature"): [namer.valid("transactions")],
+              namer.group("feature-labels"): [namer.labels("transactions")]}
+    assert len(await quiet(bootstrap, namer.labels("transactions"), 800, wait_s=0, settled=logged)) == 800
 
     async def request(event_id: str) -> None:
         req = TrainingRequested(metadata=metadata("test", event_id), model_name="fraud", dataset="transactions",
@@ -64,8 +67,10 @@ async def test_a_request_becomes_a_signed_registered_version(
     await request("run-a")
     await request("run-a")  # redelivered: same run, no second version
     await request("run-b")  # same data, same seed
+    # every result, once the trainer's group committed all three requests: no extra version hides
+    trained = {namer.group("trainer"): [namer.training_requests()]}
     results = [TrainingCompleted.FromString(r.value) for r in
-               await read_topic(bootstrap, namer.training_results(), 3, timeout=120)]
+               await quiet(bootstrap, namer.training_results(), 3, wait_s=0, settled=trained, timeout=120)]
     assert all(r.succeeded for r in results), [r.error for r in results]
     assert [r.version for r in results] == ["1", "1", "2"]
     assert results[0].metrics["auc"] > 0.8 and results[0].dataset_digest
