@@ -15,12 +15,14 @@ from rich.console import Console
 from rich.table import Table
 
 from loopline_cli.dlq import dlq_app
+from loopline_cli.docs import docs_app
 
 app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The local stack: Kafka-protocol broker, PostgreSQL, S3 store.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(docs_app, name="docs")
 console = Console(stderr=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps its data and pids "
@@ -71,7 +73,7 @@ def stack_status(state_dir: StateDir = None,
         table = Table("component", "pid", "alive", "answering", "ports")
         for name, s in status.items():
             table.add_row(name, str(s["pid"]), str(s["alive"]), str(s["answering"]),
-                          ", ".join(f"{k}={v}" for k, v in s["ports"].items()))  # type: ignore[attr-defined]
+                          ", ".join(f"{k}={v}" for k, v in s["ports"].items()))
         Console().print(table if status else "no stack is running")
     if not status or not all(s["answering"] for s in status.values()):
         raise typer.Exit(1)
