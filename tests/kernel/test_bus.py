@@ -254,27 +254,31 @@ async def test_a_trace_started_by_the_producer_continues_in_the_consumer(
 async def test_two_members_of_a_group_share_the_partitions(
         bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
     topic = namer.valid("transactions")
-    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(60)], lambda i: f"customer-{i}")
     group = f"g-{uuid.uuid4().hex[:6]}"
     by_member: dict[str, list[int]] = {"a": [], "b": []}
 
     def handler_for(name: str) -> Callable[[list[Item[dict[str, Any]]]], Awaitable[None]]:
         async def handle(items: list[Item[dict[str, Any]]]) -> None:
             by_member[name].extend(int(i.value["i"]) for i in items)
-            await asyncio.sleep(0.05)
         return handle
 
     a, b = _bus(bootstrap, namer), _bus(bootstrap, namer)
-    a.subscribe([topic], group, _json, handler_for("a"), max_records=2)
-    b.subscribe([topic], group, _json, handler_for("b"), max_records=2)
+    da = a.subscribe([topic], group, _json, handler_for("a"), max_records=2)
+    db = b.subscribe([topic], group, _json, handler_for("b"), max_records=2)
     await a.start()
     await b.start()
     try:
         async with asyncio.timeout(60):
+            # both joined and the three partitions are split between them: then the work arrives
+            while not (da.consumer.assignment() and db.consumer.assignment()
+                       and len(da.consumer.assignment() | db.consumer.assignment()) == 3):
+                await asyncio.sleep(0.05)
+            await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(60)],
+                           lambda i: f"customer-{i}")
             while len(set(by_member["a"]) | set(by_member["b"])) < 60:
                 await asyncio.sleep(0.05)
     finally:
         await a.stop()
         await b.stop()
-    assert set(by_member["a"]) | set(by_member["b"]) == set(range(60))
+    assert sorted(by_member["a"] + by_member["b"]) == list(range(60)), "each record to exactly one member"
     assert by_member["a"] and by_member["b"], "both members got work"
