@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from aiokafka.partitioner import murmur2
 from faststream.kafka import KafkaBroker
 from faststream.kafka.response import KafkaResponse
 
@@ -97,12 +99,11 @@ class Publisher:
         """
         if not records:
             return
-        producer = self._aiokafka()
-        await producer.partitions_for(topic)  # metadata for the partitioner
+        partitions = sorted(await self._aiokafka().partitions_for(topic))
         by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
         for key, value in records:
             k = _key(key)
-            by_partition[producer._partition(topic, None, None, None, k, value)].append((k, value))
+            by_partition[_partition(k, partitions)].append((k, value))
         hdrs = _headers(headers, content_type, message_type)
         futures: list[asyncio.Future[Any]] = []
         for partition, items in by_partition.items():
@@ -116,6 +117,14 @@ class Publisher:
     def _aiokafka(self) -> Any:
         """aiokafka's producer under FastStream's, for its partitioner (FastStream has no public handle)."""
         return self.broker.config.producer._producer.producer  # type: ignore[attr-defined]
+
+
+def _partition(key: bytes | None, partitions: list[int]) -> int:
+    """aiokafka's default partitioner (Java client compatible murmur2 of the key), without its
+    per-record metadata lookups; a record without a key goes to a random partition, as there."""
+    if key is None:
+        return random.choice(partitions)  # noqa: S311 - spreading load, not cryptography
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]  # type: ignore[no-any-return]
 
 
 def _chunks(items: list[tuple[bytes | None, bytes]]) -> Iterable[list[tuple[bytes | None, bytes]]]:
