@@ -39,6 +39,9 @@ lint: setup ## ruff, mypy, buf lint and buf breaking (against the released contr
 protos: setup ## regenerate libs/contracts from protos/
 	$(BIN)/python scripts/gen_protos.py
 
+docs: setup ## regenerate docs/asyncapi.yaml (every topic's schema, key and headers)
+	$(BIN)/loopline docs asyncapi
+
 bench: setup ## benchmarks against peers measured in the same run
 	$(BIN)/python -m bench
 
@@ -52,4 +55,4 @@ clean: ## remove the virtualenv, tools and local state
 	-$(BIN)/loopline stack down 2>/dev/null
 	rm -rf $(VENV) tools/node_modules tools/buf .loopline
 
-.PHONY: help setup demo test lint protos bench stack-up stack-down clean
+.PHONY: help setup demo test lint protos docs bench stack-up stack-down clean
