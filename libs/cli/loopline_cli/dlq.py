@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -42,30 +42,32 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 from loopline.ingest.v1.envelope_pb2 import EventIngested
+from loopline_core.kafka.offsets import log_end
+from loopline_core.kafka.records import (
+    CONTENT_TYPE,
+    DLQ_ATTEMPTS,
+    DLQ_DETAIL,
+    DLQ_KIND,
+    DLQ_REASON,
+    DLQ_SOURCE,
+    EVENT_ID,
+    MESSAGE_TYPE,
+    REDRIVEN_FROM,
+)
+from loopline_core.kafka.records import SOURCE as SOURCE_NAME
+from loopline_core.kafka.topics import TopicNamer
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-if TYPE_CHECKING:
-    from loopline_core.kafka import TopicNamer
-
 T = TypeVar("T")
 
 dlq_app = typer.Typer(help="Dead letters: inspect a dataset's DLQ topic, redrive its records to ingest.",
                       no_args_is_help=True)
 
-# The dead-letter wire contract. Spelled here rather than imported from the bus module so that this
-# command depends only on the headers' names, not on the consumer implementation behind them.
-REASON, KIND, SOURCE, ATTEMPTS = ("x-loopline-dlq-reason", "x-loopline-dlq-kind", "x-loopline-dlq-source",
-                                  "x-loopline-dlq-attempts")
-DETAIL_PREFIX = "x-loopline-dlq-"
-CONTENT_TYPE = "content-type"
-MESSAGE_TYPE = "x-loopline-type"
-EVENT_ID = "x-loopline-event-id"
-REDRIVEN_FROM = "x-loopline-redriven-from"
-SOURCE_NAME = "x-loopline-source"
+REASON, KIND, SOURCE, ATTEMPTS, DETAIL_PREFIX = DLQ_REASON, DLQ_KIND, DLQ_SOURCE, DLQ_ATTEMPTS, DLQ_DETAIL
 ENVELOPE_TYPE = "loopline.ingest.v1.EventIngested"
 _REPLACED = {CONTENT_TYPE, MESSAGE_TYPE, EVENT_ID, REDRIVEN_FROM}
 
@@ -231,9 +233,6 @@ def redrive_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
 
 
 def _namer(prefix: str) -> TopicNamer:
-    # Imported here so that the rest of the CLI (stack, demo) does not load the Kafka bus module.
-    from loopline_core.kafka import TopicNamer  # noqa: PLC0415
-
     return TopicNamer(prefix)
 
 
@@ -314,7 +313,7 @@ async def inspect_topic(settings: DlqSettings, dataset: str, by: str, samples: i
     async with _started(AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                                          enable_auto_commit=False, client_id="loopline-dlq")) as consumer:
         tps = await _partitions(consumer, topic)
-        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        begin, end = await consumer.beginning_offsets(tps), await log_end(consumer, tps)
         for tp in tps:
             async for records in _read(consumer, tp, begin[tp], end[tp], 1000):
                 for raw in records:
@@ -454,7 +453,7 @@ async def redrive_topic(settings: DlqSettings, dataset: str, flt: Filter, *, dry
         main_done = await _committed(admin, base, tps)
         ledgers = await _ledgers(admin, base, tps)
         own_done = ledgers.get(flt, dict.fromkeys(tps, 0))
-        begin, end = await reader.beginning_offsets(tps), await reader.end_offsets(tps)
+        begin, end = await reader.beginning_offsets(tps), await log_end(reader, tps)
         producer = main = own = None
         if not dry_run:
             producer = await stack.enter_async_context(_started(AIOKafkaProducer(

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.kafka import Record
+from loopline_core.kafka.offsets import log_end
 from loopline_core.objstore import ObjectStore
 from loopline_core.signing import SigningKey
 from loopline_ml import artifact
@@ -67,27 +68,12 @@ async def _partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartit
         await c.stop()
 
 
-async def _log_end(c: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """The offset after the last record of each of ``tps`` (``c`` has them assigned), as of now.
-
-    ``end_offsets`` first; then one fetch from there, whose high watermark wins when greater: the
-    local broker (Tansu) answers ListOffsets "latest" with the first offset of the partition's last
-    batch, not the offset after it, so ``end_offsets`` alone misses up to a batch of records.
-    """
-    ends: dict[TopicPartition, int] = await c.end_offsets(tps)
-    for tp in tps:
-        c.seek(tp, ends[tp])
-    while (unknown := [tp for tp in tps if c.highwater(tp) is None]):
-        await c.getmany(*unknown, timeout_ms=200)
-    return {tp: max(ends[tp], c.highwater(tp) or 0) for tp in tps}
-
-
 async def _end_offsets(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await c.start()
     try:
         c.assign(tps)
-        return await _log_end(c, tps)
+        return await log_end(c, tps)
     finally:
         await c.stop()
 
@@ -101,7 +87,7 @@ async def _read_to_end(bootstrap: str, topic: str, timeout: float) -> list[Recor
         out: list[Record] = []
         try:
             c.assign(tps)
-            ends = await _log_end(c, tps)
+            ends = await log_end(c, tps)
             await c.seek_to_beginning(*tps)
             while [tp for tp in tps if await c.position(tp) < ends[tp]]:
                 for recs in (await c.getmany(*tps, timeout_ms=200)).values():

@@ -5,15 +5,11 @@ from __future__ import annotations
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.events import metadata, timestamp
 from loopline_core.kafka import Item, Publisher, Record, TopicNamer
-from loopline_core.kafka.records import EVENT_ID
+from loopline_core.kafka.records import EVENT_ID, REDRIVEN_FROM, SOURCE, TS_UNIT
 
 from loopline_ingest.adapters.dedupe import SeenEvents
 from loopline_ingest.domain.envelope import Envelope, wrap_json
 from loopline_ingest.metrics import DUPLICATES, INGESTED
-
-TS_UNIT = "x-loopline-ts-unit"
-SOURCE = "x-loopline-source"
-REDRIVEN = "x-loopline-redriven-from"
 
 
 class RawHandler:
@@ -28,7 +24,7 @@ class RawHandler:
         dataset = record.topic.rsplit(".", 1)[-1]
         return wrap_json(dataset, record.header(SOURCE) or record.topic, record.value, self.entity_field,
                          event_id=record.header(EVENT_ID), ts_unit=record.header(TS_UNIT),
-                         redriven=record.header(REDRIVEN) is not None)
+                         redriven=record.header(REDRIVEN_FROM) is not None)
 
     async def on_raw(self, items: list[Item[Envelope]]) -> None:
         """Consumes ``loopline.raw.<dataset>``; emits one EventIngested per new event id.
