@@ -99,6 +99,10 @@ class OutboxEvent:
     message_type: str | None = None
 
 
+class OutboxPublishError(Exception):
+    """A relay pass stopped at a row the publisher could not send (the cause is chained)."""
+
+
 class Publishes(Protocol):
     """What the relay needs of :class:`loopline_core.kafka.Publisher`."""
 
@@ -169,7 +173,12 @@ class Relay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.pool.PoolConnectionProxy | None = None
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None
+        self._started = 0
+        """Passes begun."""
+        self._drained = 0
+        """The number of the last pass that succeeded and found less than a full batch."""
+        self._progress = asyncio.Condition()
 
     async def start(self) -> None:
         """LISTEN for new rows and start relaying in the background."""
@@ -205,12 +214,34 @@ class Relay:
     def _notified(self, *_args: Any) -> None:
         self._wake.set()
 
+    async def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wake the relay and wait until a pass begun after this call has drained the outbox.
+
+        A writer calls it after its commit so that, normally, its event is on Kafka when it
+        returns (a consumer commits its offset only after that, and a gRPC caller sees the event
+        follow its answer at once). False when that did not happen within ``timeout_s`` (the
+        broker is down, the relay is stopped): the event is safe in the outbox all the same and
+        goes out later, so callers carry on.
+        """
+        if self._task is None or self._stopping.is_set():
+            return False
+        target = self._started + 1
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout_s), self._progress:
+                await self._progress.wait_for(lambda: self._drained >= target)
+        except TimeoutError:
+            return False
+        return True
+
     async def run(self) -> None:
         """Relay until :meth:`stop`; the last pass after the stop flushes what is pending."""
         failures = 0
         while True:
             stopping = self._stopping.is_set()
             self._wake.clear()
+            self._started += 1
+            number = self._started
             try:
                 published = await self.relay_once()
                 await self._prune()
@@ -219,18 +250,21 @@ class Relay:
             except Exception as exc:  # noqa: BLE001 - any failure is retried after a back-off, never fatal
                 failures += 1
                 delay = min(self.backoff_s * 2 ** (failures - 1), self.max_backoff_s)
-                stage = "database" if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)) \
-                    else "publish"
+                stage = "publish" if isinstance(exc, OutboxPublishError) else "database"
                 FAILURES.labels(self.schema, stage).inc()
                 log.warning("outbox relay failed; backing off", extra={
-                    "schema": self.schema, "stage": stage, "error": repr(exc), "attempt": failures,
-                    "backoff_s": delay})
+                    "schema": self.schema, "stage": stage, "error": repr(exc.__cause__ or exc),
+                    "attempt": failures, "backoff_s": delay})
                 if stopping:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
             failures = 0
+            if published < self.batch_size:
+                async with self._progress:
+                    self._drained = number
+                    self._progress.notify_all()
             if stopping:
                 if published < self.batch_size:
                     return
@@ -243,10 +277,10 @@ class Relay:
     async def relay_once(self) -> int:
         """One pass: claim up to ``batch_size`` pending rows, publish them in order, mark them.
 
-        Returns how many were published. Raises the publish error after marking the rows before
-        the one that failed (those stay published; the failed one and the rest stay pending).
+        Returns how many were published. Raises :class:`OutboxPublishError` after marking the rows
+        before the one that failed (those stay published; the failed one and the rest stay pending).
         """
-        error: BaseException | None = None
+        error: Exception | None = None
         done: list[str] = []
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
@@ -272,7 +306,7 @@ class Relay:
                                    "where event_id = any($1::text[])", done)
         PUBLISHED.labels(self.schema).inc(len(done))
         if error is not None:
-            raise error
+            raise OutboxPublishError(self.schema) from error
         return len(done)
 
     async def _held_back(self, conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> dict[bytes, int]:
@@ -299,7 +333,7 @@ class Relay:
 
     async def _prune(self) -> None:
         now = time.monotonic()
-        if now - self._pruned_at < self.retention_s / 24:
+        if self._pruned_at is not None and now - self._pruned_at < self.retention_s / 24:
             return
         self._pruned_at = now
         await self.pool.execute("delete from outbox where published_at < now() - make_interval(secs => $1)",

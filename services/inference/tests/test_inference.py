@@ -104,7 +104,8 @@ async def test_serves_the_champion_to_tritons_client(isolated: dict[str, str],
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     logged = [PredictionLogged.FromString(r.value) for r in
               await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.predictions("fraud"), 7)]
-    first = [p for p in logged if p.request_id == "r-1"]
+    # rows are keyed by entity, so they spread over partitions: put them back in row order
+    first = sorted((p for p in logged if p.request_id == "r-1"), key=lambda p: p.metadata.event_id)
     assert [p.entity_id for p in first] == ["a", "b", "c", "d", "e"]
     np.testing.assert_allclose([list(p.inputs) for p in first], x, rtol=1e-6)
     assert {p.model_version for p in first} == {1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import grpc
@@ -59,3 +60,36 @@ async def test_versions_aliases_and_events(isolated: dict[str, str], services: C
     assert [(e.kind, e.version, e.alias, e.previous_version) for e in events] == [
         (pb.MODEL_EVENT_KIND_REGISTERED, 1, "", 0), (pb.MODEL_EVENT_KIND_REGISTERED, 2, "", 0),
         (pb.MODEL_EVENT_KIND_ALIAS_SET, 1, "champion", 0), (pb.MODEL_EVENT_KIND_ALIAS_SET, 2, "champion", 1)]
+
+
+async def test_every_change_commits_with_its_event_and_the_relay_publishes_each_once(
+        isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
+    import asyncpg  # noqa: PLC0415
+
+    svc = services("registry")
+    async with grpc.aio.insecure_channel(svc.addr("registry")) as ch:
+        stub = registry_pb2_grpc.RegistryServiceStub(ch)
+        for _ in range(2):  # a client retrying a call whose answer it lost
+            await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r1", 0.8)))
+        await stub.SetAlias(pb.SetAliasRequest(model_name="fraud", alias="champion", version=1, reason="first"))
+        with pytest.raises(grpc.aio.AioRpcError):  # a change that fails leaves no event behind
+            await stub.SetAlias(pb.SetAliasRequest(model_name="fraud", alias="champion", version=7))
+
+    conn = await asyncpg.connect(isolated["LOOPLINE_POSTGRES_DSN"])
+    try:
+        async with asyncio.timeout(30):
+            while await conn.fetchval("select count(*) from registry.outbox where published_at is null"):
+                await asyncio.sleep(0.1)
+        rows = await conn.fetch("select event_id, message_type from registry.outbox order by seq")
+    finally:
+        await conn.close()
+    assert len(rows) == 2 and {r["message_type"] for r in rows} == {"loopline.registry.v1.ModelChanged"}
+
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    records = await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.model_events(), 2)
+    events = [pb.ModelChanged.FromString(r.value) for r in records]
+    assert [(e.kind, e.version) for e in events] == [(pb.MODEL_EVENT_KIND_REGISTERED, 1),
+                                                    (pb.MODEL_EVENT_KIND_ALIAS_SET, 1)]
+    assert [e.metadata.event_id for e in events] == [r["event_id"] for r in rows]
+    assert [r.header("x-loopline-event-id") for r in records] == [r["event_id"] for r in rows]
+    assert {r.key for r in records} == {b"fraud"}, "keyed by the model, so its events stay in order"

@@ -15,6 +15,7 @@ from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 from tritonclient.grpc import service_pb2_grpc
 
+from loopline_inference.adapters.prediction_log import PredictionLog
 from loopline_inference.adapters.repository import Repository
 from loopline_inference.handlers.model_events import ModelEventsHandler
 from loopline_inference.handlers.oip import InferenceServicer
@@ -27,7 +28,12 @@ async def main(stop: asyncio.Event) -> None:
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
     repo = Repository(settings.inference_models, settings.registry_addr, objects,
                       TrustStore.from_dir(Path(settings.trusted_keys_dir)))
-    servicer = InferenceServicer(repo, rt.publisher, rt.namer)
+    prediction_log = PredictionLog(rt.publisher, rt.namer, capacity=settings.prediction_log_capacity,
+                                   when_full=settings.prediction_log_when_full,
+                                   block_s=settings.prediction_log_block_s, batch_size=settings.prediction_log_batch,
+                                   linger_s=settings.prediction_log_linger_s, drain_s=settings.prediction_log_drain_s)
+    prediction_log.start()
+    servicer = InferenceServicer(repo, prediction_log)
     events = ModelEventsHandler(repo)
     # Every replica must see every model event: a group of its own, starting from now.
     rt.consumer([rt.namer.model_events()], events.decode, events.on_model_changed,
@@ -49,8 +55,8 @@ async def main(stop: asyncio.Event) -> None:
         reconciler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciler
-        await server.stop(5)  # lets in-flight calls finish
-        await servicer.drain()
+        await server.stop(5)  # lets in-flight calls finish (and queue their rows)
+        await prediction_log.close()  # publishes what is queued; the publisher stops after the closers
         await repo.close()
 
     rt.closers.append(close)

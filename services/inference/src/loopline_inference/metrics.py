@@ -1,6 +1,13 @@
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("loopline_inference_requests_total", "ModelInfer calls", ["model", "code"])
 LATENCY = Histogram("loopline_inference_latency_seconds", "ModelInfer latency", ["model"],
                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 LOADS = Counter("loopline_inference_model_loads_total", "Model load attempts", ["model", "outcome"])
+LOG_SENT = Counter("loopline_inference_prediction_log_sent_total", "Prediction rows published", ["model"])
+LOG_DROPPED = Counter("loopline_inference_prediction_log_dropped_total",
+                      "Prediction rows not logged: queue full (drop), no room in time (block), closing, shutdown",
+                      ["model", "reason"])
+LOG_FAILED = Counter("loopline_inference_prediction_log_failed_total",
+                     "Prediction rows whose publish still failed after the retries", ["model"])
+LOG_QUEUED = Gauge("loopline_inference_prediction_log_queued", "Prediction rows waiting in the log's queue")

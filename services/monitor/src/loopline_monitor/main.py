@@ -8,6 +8,7 @@ from pathlib import Path
 from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
 from loopline_core.objstore import ObjectStore
+from loopline_core.outbox import Relay
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 
@@ -24,9 +25,11 @@ async def main(stop: asyncio.Event) -> None:
     await migrate(pool, SCHEMA, MIGRATIONS)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
     refs = References(settings.registry_addr, objects, TrustStore.from_dir(Path(settings.trusted_keys_dir)))
-    handler = PredictionHandler(MonitorStore(pool), refs, objects, rt.publisher, rt.namer, settings)
+    relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
+    await relay.start()
+    handler = PredictionHandler(MonitorStore(pool), refs, objects, relay, rt.namer, settings)
     rt.consumer([rt.namer.predictions(m) for m in settings.monitor_models], handler.decode, handler.on_prediction)
-    rt.closers += [refs.close, pool.close]
+    rt.closers += [refs.close, pool.close, relay.stop]  # reversed at stop: the relay before the pool
     await serve_until(rt, stop)
 
 

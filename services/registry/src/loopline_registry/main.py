@@ -1,4 +1,4 @@
-"""Composition root of the registry: settings -> runtime -> Postgres -> gRPC server."""
+"""Composition root of the registry: settings -> runtime -> Postgres (+ outbox relay) -> gRPC server."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from loopline.registry.v1 import registry_pb2_grpc
 from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
+from loopline_core.outbox import Relay
 from loopline_core.service import serve_until, start_runtime
 
 from loopline_registry.adapters.store import MIGRATIONS, SCHEMA, RegistryStore
@@ -21,12 +22,15 @@ async def main(stop: asyncio.Event) -> None:
     rt = await start_runtime("registry", settings)
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
-    servicer = RegistryServicer(RegistryStore(pool), rt.publisher, rt.namer)
+    relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
+    await relay.start()
+    servicer = RegistryServicer(RegistryStore(pool, rt.namer), relay, settings.outbox_flush_s)
     server, port = await start_server(
         [lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)], settings.registry_port,
         ["loopline.registry.v1.RegistryService"])
     logging.getLogger(__name__).info("serving", extra={"grpc_port": port})
-    rt.closers += [lambda: server.stop(5), pool.close]
+    # run in reverse: finish the calls in flight, publish the events they wrote, then close the pool
+    rt.closers += [pool.close, relay.stop, lambda: server.stop(5)]
     await serve_until(rt, stop)
 
 

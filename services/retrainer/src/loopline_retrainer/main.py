@@ -6,6 +6,7 @@ import asyncio
 
 from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
+from loopline_core.outbox import Relay
 from loopline_core.service import serve_until, start_runtime
 
 from loopline_retrainer.adapters.registry import RegistryClient
@@ -20,13 +21,15 @@ async def main(stop: asyncio.Event) -> None:
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
     registry = RegistryClient(settings.registry_addr)
-    h = RetrainerHandlers(RetrainerStore(pool), registry, rt.publisher, rt.namer, settings)
+    relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
+    await relay.start()
+    h = RetrainerHandlers(RetrainerStore(pool), registry, relay, rt.namer, settings)
     rt.consumer([rt.namer.alerts()], h.decode_alert, h.on_alert)
     rt.consumer([rt.namer.training_results()], h.decode_result, h.on_training_completed,
                 group=rt.namer.group("retrainer-results"))
     rt.consumer([rt.namer.labels(settings.retrainer_dataset)], h.decode_label, h.on_label,
                 group=rt.namer.group("retrainer-labels"))
-    rt.closers += [registry.close, pool.close]
+    rt.closers += [registry.close, pool.close, relay.stop]  # reversed at stop: the relay before the pool
     await serve_until(rt, stop)
 
 

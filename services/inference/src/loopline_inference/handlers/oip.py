@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
 import grpc
 import numpy as np
-from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline_core.errors import ErrorKind, LooplineError, not_found
-from loopline_core.events import metadata
-from loopline_core.kafka import Publisher, TopicNamer
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
+from loopline_inference.adapters.prediction_log import PredictionLog, Row
 from loopline_inference.adapters.repository import Repository, Served
 from loopline_inference.domain.tensors import INPUT_NAME, OUTPUT_NAME, TensorIn, to_batch
 from loopline_inference.metrics import LATENCY, REQUESTS
@@ -38,12 +35,18 @@ def _inputs(request: pb.ModelInferRequest, n_features: int) -> np.ndarray:
     return to_batch(tensors, n_features)
 
 
+def _rows(served: Served, request_id: str, x: np.ndarray, scores: np.ndarray, latency_ms: float,
+          entities: list[str]) -> list[Row]:
+    names = served.model.config.feature_names
+    now = time.time()
+    return [Row(served.name, served.version, request_id, f"{request_id}/{i}" if len(x) > 1 else request_id, names,
+                x[i], scores[i], latency_ms, entities[i] if i < len(entities) else "", now) for i in range(len(x))]
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: Repository, publisher: Publisher, namer: TopicNamer) -> None:
+    def __init__(self, repo: Repository, prediction_log: PredictionLog) -> None:
         self.repo = repo
-        self.publisher = publisher
-        self.namer = namer
-        self._pending: set[asyncio.Task[None]] = set()
+        self.prediction_log = prediction_log
 
     def _served(self, name: str, version: str = "") -> Served:
         if name not in self.repo.names:
@@ -92,7 +95,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> pb.ModelInferResponse:
-        """Score a batch; each row is logged to ``loopline.predictions.<model>`` off the response path."""
+        """Score a batch; each row is queued for ``loopline.predictions.<model>`` (published off the response path)."""
         started = time.perf_counter()
         try:
             served = self._served(request.model_name, request.model_version)
@@ -106,33 +109,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         REQUESTS.labels(served.name, "OK").inc()
         entity_param = request.parameters.get("entity_ids")
         entities = entity_param.string_param.split(",") if entity_param is not None else []
-        self._log(served, request.id or str(uuid.uuid4()), x, scores, latency_ms, entities)
+        await self.prediction_log.record(_rows(served, request.id or str(uuid.uuid4()), x, scores, latency_ms,
+                                               entities))
         return pb.ModelInferResponse(
             model_name=served.name, model_version=str(served.version), id=request.id,
             outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP32",
                                                              shape=list(scores.shape))],
             raw_output_contents=[scores.tobytes()])
-
-    def _log(self, served: Served, request_id: str, x: np.ndarray, scores: np.ndarray, latency_ms: float,
-             entities: list[str]) -> None:
-        names = served.model.config.feature_names
-        topic = self.namer.predictions(served.name)
-
-        async def publish() -> None:
-            for i in range(len(x)):
-                rid = f"{request_id}/{i}" if len(x) > 1 else request_id
-                msg = PredictionLogged(metadata=metadata("inference", rid), model_name=served.name,
-                                       model_version=served.version, request_id=request_id, feature_names=names,
-                                       inputs=x[i].tolist(), outputs=scores[i].tolist(), latency_ms=latency_ms,
-                                       entity_id=entities[i] if i < len(entities) else "")
-                await self.publisher.publish(topic, msg.SerializeToString(), key=served.name,
-                                             message_type="loopline.inference.v1.PredictionLogged")
-
-        task = asyncio.create_task(publish())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def drain(self) -> None:
-        """Wait for prediction logs still being published (called on shutdown)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)

@@ -7,6 +7,7 @@ import json
 import asyncpg
 import numpy as np
 from loopline_core.db import Migration
+from loopline_core.outbox import OutboxEvent, enqueue, outbox_migration
 
 SCHEMA = "monitor"
 MIGRATIONS = [Migration(1, "predictions_drift_alerts", """
@@ -22,7 +23,7 @@ MIGRATIONS = [Migration(1, "predictions_drift_alerts", """
     create table alert_state (
         model_name text not null, model_version int not null, state text not null, alerts int not null,
         since_alert int not null default 0, primary key (model_name, model_version));
-""")]
+"""), outbox_migration(2)]
 
 
 class MonitorStore:
@@ -48,7 +49,9 @@ class MonitorStore:
         return (row["state"], row["alerts"], row["since_alert"]) if row else ("ok", 0, 0)
 
     async def record(self, model: str, version: int, scores: dict[str, float], window: int, state: str,
-                     alerts: int, since_alert: int) -> None:
+                     alerts: int, since_alert: int, alert: OutboxEvent | None = None) -> None:
+        """Record an evaluation and the alert state it leads to, and the alert it raises (into the
+        outbox) in the same transaction."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("insert into drift(model_name, model_version, max_psi, scores, window_size, state) "
                                "values ($1,$2,$3,$4,$5,$6)", model, version, max(scores.values(), default=0.0),
@@ -57,3 +60,5 @@ class MonitorStore:
                                "values ($1,$2,$3,$4,$5) on conflict (model_name, model_version) do update set "
                                "state=excluded.state, alerts=excluded.alerts, since_alert=excluded.since_alert",
                                model, version, state, alerts, since_alert)
+            if alert is not None:
+                await enqueue(conn, alert)

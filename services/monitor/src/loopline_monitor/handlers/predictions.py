@@ -11,9 +11,10 @@ from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline_core.errors import invalid
 from loopline_core.events import derived_id, metadata
-from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka import Record, TopicNamer
 from loopline_core.kafka.codec import proto
 from loopline_core.objstore import ObjectStore
+from loopline_core.outbox import OutboxEvent, Relay
 from loopline_ml.drift import psi
 
 from loopline_monitor.adapters.references import References
@@ -30,12 +31,12 @@ _parse = proto(PredictionLogged, "metadata.event_id", "model_name")
 
 
 class PredictionHandler:
-    def __init__(self, store: MonitorStore, refs: References, objects: ObjectStore, publisher: Publisher,
+    def __init__(self, store: MonitorStore, refs: References, objects: ObjectStore, outbox: Relay,
                  namer: TopicNamer, settings: Settings) -> None:
         self.store = store
         self.refs = refs
         self.objects = objects
-        self.publisher = publisher
+        self.outbox = outbox
         self.namer = namer
         self.s = settings
         self._since: Counter[tuple[str, int]] = Counter()
@@ -71,17 +72,21 @@ class PredictionHandler:
         t = next_state(state, worst, self.s.monitor_psi_threshold, self.s.monitor_psi_clear, since + 1,
                        self.s.monitor_repeat_every)
         since = 0 if t.raise_alert else since + 1
+        event: OutboxEvent | None = None
         if t.raise_alert:
             alerts += 1
             alert = DriftAlertRaised(
                 metadata=metadata("monitor", derived_id("drift", model, str(version), str(alerts))),
                 model_name=model, model_version=version, statistic="psi", threshold=self.s.monitor_psi_threshold,
                 feature_scores=scores, max_score=worst, window_size=len(window))
-            await self.publisher.publish(self.namer.alerts(), alert.SerializeToString(), key=model,
-                                         message_type="loopline.monitor.v1.DriftAlertRaised")
+            event = OutboxEvent(alert.metadata.event_id, self.namer.alerts(), alert.SerializeToString(), key=model,
+                                message_type="loopline.monitor.v1.DriftAlertRaised")
+        # the alert goes out through the outbox, committed with the state that raised it
+        await self.store.record(model, version, scores, len(window), t.state, alerts, since, event)
+        if event is not None:
             ALERTS.labels(model).inc()
             log.warning("drift alert", extra={"model": model, "version": version, "max_psi": worst})
-        await self.store.record(model, version, scores, len(window), t.state, alerts, since)
+            await self.outbox.flush(self.s.outbox_flush_s)
         now = time.time()
         report = {"model": model, "version": version, "at": now, "statistic": "psi", "scores": scores,
                   "max": worst, "window": len(window), "state": t.state}

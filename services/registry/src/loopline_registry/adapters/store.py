@@ -1,4 +1,8 @@
-"""Postgres persistence for the registry (schema ``registry``)."""
+"""Postgres persistence for the registry (schema ``registry``).
+
+Every change is committed together with the ``ModelChanged`` event that reports it, in the
+schema's outbox (:mod:`loopline_core.outbox`); the relay started in ``main`` publishes it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import json
 import asyncpg
 from loopline_core.db import Migration
 from loopline_core.errors import not_found
+from loopline_core.kafka import TopicNamer
+from loopline_core.outbox import enqueue, outbox_migration
 
+from loopline_registry.adapters import events
 from loopline_registry.domain.models import Version
 
 SCHEMA = "registry"
@@ -27,6 +34,7 @@ MIGRATIONS = [
             from_version int, to_version int not null, reason text not null, actor text not null,
             at timestamptz not null default now());
     """),
+    outbox_migration(2),
 ]
 
 
@@ -38,11 +46,13 @@ def _version(row: asyncpg.Record, aliases: list[str]) -> Version:
 
 
 class RegistryStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, namer: TopicNamer) -> None:
         self.pool = pool
+        self.namer = namer
 
     async def register(self, v: Version) -> tuple[Version, bool]:
-        """Insert ``v`` with the next version number; (existing, False) when its run_id is known."""
+        """Insert ``v`` with the next version number and its REGISTERED event; (existing, False),
+        and no event, when its run_id is known."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"registry/{v.model_name}")
             existing = await conn.fetchrow("select * from model_versions where run_id=$1", v.run_id)
@@ -55,6 +65,7 @@ class RegistryStore:
                 " dataset_digest, metrics, params, feature_names) values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
                 "returning *", v.model_name, number, v.run_id, v.artifact_uri, v.signature_uri, v.signer_key_id,
                 v.dataset_digest, json.dumps(v.metrics), json.dumps(v.params), json.dumps(v.feature_names))
+            await enqueue(conn, events.registered(self.namer, v.model_name, number))
             return _version(row, []), True
 
     async def get(self, model_name: str, version: int) -> Version:
@@ -72,7 +83,11 @@ class RegistryStore:
 
     async def set_alias(self, model_name: str, alias: str, version: int, reason: str,
                         actor: str) -> tuple[Version, int]:
+        """Point ``alias`` at ``version``, with an audit row and an ALIAS_SET event; returns the
+        version and the one the alias pointed at before (0 for none)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # the model's lock (as in register) orders its events: outbox creation order == commit order
+            await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"registry/{model_name}")
             row = await conn.fetchrow("select * from model_versions where model_name=$1 and version=$2",
                                       model_name, version)
             if row is None:
@@ -82,8 +97,11 @@ class RegistryStore:
             await conn.execute("insert into aliases(model_name, alias, version) values ($1,$2,$3) "
                                "on conflict (model_name, alias) do update set version=excluded.version",
                                model_name, alias, version)
-            await conn.execute("insert into alias_audit(model_name, alias, from_version, to_version, reason, actor)"
-                               " values ($1,$2,$3,$4,$5,$6)", model_name, alias, previous, version, reason, actor)
+            audit_id = await conn.fetchval(
+                "insert into alias_audit(model_name, alias, from_version, to_version, reason, actor)"
+                " values ($1,$2,$3,$4,$5,$6) returning id", model_name, alias, previous, version, reason, actor)
+            await enqueue(conn, events.alias_set(self.namer, model_name, alias, version, previous or 0, reason,
+                                                 audit_id))
             return await self._with_aliases(conn, row), previous or 0
 
     async def resolve(self, model_name: str, alias: str) -> Version:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 from loopline_core.db import Migration
+from loopline_core.outbox import OutboxEvent, enqueue, outbox_migration
 
 SCHEMA = "retrainer"
 MIGRATIONS = [Migration(1, "requests_decisions", """
@@ -19,7 +20,7 @@ MIGRATIONS = [Migration(1, "requests_decisions", """
     create table skipped (
         cause_event_id text primary key, model_name text not null, reason text not null,
         at timestamptz not null default now());
-""")]
+"""), outbox_migration(2)]
 
 
 class RetrainerStore:
@@ -62,9 +63,15 @@ class RetrainerStore:
             "coalesce((select n from label_count where dataset=$1), 0)", dataset)
         return rows
 
-    async def mark_in_flight(self, request_id: str) -> None:
-        await self.pool.execute("update requests set status='in_flight' where request_id=$1 and status='pending'",
-                                request_id)
+    async def mark_in_flight(self, request_id: str, request: OutboxEvent) -> bool:
+        """Move a pending request in flight and put its ``request`` event in the outbox, in one
+        transaction; False (and no event) when it was no longer pending."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval("update requests set status='in_flight' where request_id=$1 "
+                                        "and status='pending' returning true", request_id)
+            if moved:
+                await enqueue(conn, request)
+            return bool(moved)
 
     async def skip(self, cause: str, model: str, reason: str) -> None:
         await self.pool.execute("insert into skipped(cause_event_id, model_name, reason) values ($1,$2,$3) "

@@ -9,8 +9,9 @@ from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline_core.errors import invalid
 from loopline_core.events import derived_id, metadata
-from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka import Record, TopicNamer
 from loopline_core.kafka.codec import proto
+from loopline_core.outbox import OutboxEvent, Relay
 
 from loopline_retrainer.adapters.registry import RegistryClient
 from loopline_retrainer.adapters.store import RetrainerStore
@@ -22,11 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class RetrainerHandlers:
-    def __init__(self, store: RetrainerStore, registry: RegistryClient, publisher: Publisher, namer: TopicNamer,
+    def __init__(self, store: RetrainerStore, registry: RegistryClient, outbox: Relay, namer: TopicNamer,
                  settings: Settings) -> None:
         self.store = store
         self.registry = registry
-        self.publisher = publisher
+        self.outbox = outbox
         self.namer = namer
         self.s = settings
 
@@ -68,20 +69,24 @@ class RetrainerHandlers:
         """Consumes ``loopline.labels.<dataset>``; counts labels and emits TrainingRequested on
         ``loopline.training.requests`` for each pending request whose label wait is over.
 
-        Publish, then mark in flight: a crash between the two republishes the same request id, which
-        the trainer recognises.
+        The request is marked in flight and its event written to the outbox in one transaction
+        (its id is the request id, so the trainer recognises a repeat); the outbox relay publishes it.
         """
         await self.store.count_label(event_id, self.s.retrainer_dataset)
+        requested = False
         for row in await self.store.due(self.s.retrainer_dataset):
             params = {"window_rows": str(self.s.retrainer_window_rows)}
             req = TrainingRequested(metadata=metadata("retrainer", row["request_id"],
                                                       correlation_id=row["cause_event_id"]),
                                     model_name=row["model_name"], dataset=self.s.retrainer_dataset,
                                     reason=row["reason"], seed=self.s.retrainer_seed, params=params)
-            await self.publisher.publish(self.namer.training_requests(), req.SerializeToString(),
-                                         key=row["model_name"], message_type="loopline.trainer.v1.TrainingRequested")
-            await self.store.mark_in_flight(row["request_id"])
-            REQUESTS.labels(row["model_name"], "requested").inc()
+            event = OutboxEvent(row["request_id"], self.namer.training_requests(), req.SerializeToString(),
+                                key=row["model_name"], message_type="loopline.trainer.v1.TrainingRequested")
+            if await self.store.mark_in_flight(row["request_id"], event):
+                requested = True
+                REQUESTS.labels(row["model_name"], "requested").inc()
+        if requested:
+            await self.outbox.flush(self.s.outbox_flush_s)
 
     async def on_training_completed(self, result: TrainingCompleted, _record: Record) -> None:
         """Consumes ``loopline.training.results``; moves ``champion`` through the registry when the
