@@ -46,6 +46,14 @@ class CoreSettings(BaseSettings):
     retry_not_ready_after: int = 3
     """Consecutive transient failures after which ``/readyz`` answers 503."""
 
+    outbox_poll_s: float = 1.0
+    """An outbox relay wakes on each commit (LISTEN/NOTIFY); this poll only bounds the delay when a
+    notification is missed."""
+    outbox_flush_s: float = 5.0
+    """After writing an event to its outbox, how long a handler waits for the relay to publish it
+    (the event is committed either way; this keeps "offset committed" meaning "event published"
+    normally)."""
+
     def masked(self) -> dict[str, Any]:
         """The effective configuration with secrets masked, for the start-up log line."""
         out: dict[str, Any] = {}

@@ -17,9 +17,3 @@ class Settings(CoreSettings):
     Alertmanager's repeat interval does), so a rejected retrain is retried once more labels exist."""
     monitor_psi_clear: float = 0.1
     """Below this the alert clears (hysteresis: between the two, the state holds)."""
-    outbox_poll_s: float = 1.0
-    """The alert outbox's relay wakes on each commit (LISTEN/NOTIFY); this poll only bounds the
-    delay when a notification is missed."""
-    outbox_flush_s: float = 5.0
-    """After raising an alert, how long the handler waits for the relay to publish it (it is
-    committed either way; this keeps "offset committed" meaning "alert published" normally)."""

@@ -6,9 +6,6 @@ class Settings(CoreSettings):
 
     registry_port: int = 0
     """gRPC port; 0 picks a free one."""
-    outbox_poll_s: float = 1.0
-    """The outbox relay wakes on each commit (LISTEN/NOTIFY); this poll only bounds the delay when a
-    notification is missed."""
     outbox_flush_s: float = 2.0
     """After a change, how long a call waits for the relay to publish its event before answering
     anyway (the event is committed and follows later)."""

@@ -18,9 +18,3 @@ class Settings(CoreSettings):
     data from before the drift would only learn the old world again."""
     retrainer_window_rows: int = 3000
     """Train on the most recent labelled rows only (0 = all of them)."""
-    outbox_poll_s: float = 1.0
-    """The request outbox's relay wakes on each commit (LISTEN/NOTIFY); this poll only bounds the
-    delay when a notification is missed."""
-    outbox_flush_s: float = 5.0
-    """After requesting a training run, how long the handler waits for the relay to publish it (it
-    is committed either way; this keeps "offset committed" meaning "request published" normally)."""
