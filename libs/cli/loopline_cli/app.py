@@ -72,8 +72,9 @@ def stack_status(state_dir: StateDir = None,
     else:
         table = Table("component", "pid", "alive", "answering", "ports")
         for name, s in status.items():
-            table.add_row(name, str(s["pid"]), str(s["alive"]), str(s["answering"]),
-                          ", ".join(f"{k}={v}" for k, v in s["ports"].items()))
+            ports = s["ports"]
+            shown = ", ".join(f"{k}={v}" for k, v in ports.items()) if isinstance(ports, dict) else str(ports)
+            table.add_row(name, str(s["pid"]), str(s["alive"]), str(s["answering"]), shown)
         Console().print(table if status else "no stack is running")
     if not status or not all(s["answering"] for s in status.values()):
         raise typer.Exit(1)
