@@ -97,6 +97,13 @@ async def run_scenario(bootstrap: str, namer: TopicNamer, feature_addr: str, inf
         progress(f"v{v} promoted and serving")
         mark = traffic.stats.by_version[v]
         await until(lambda: traffic.stats.by_version[v] - mark >= cfg.scored_after_promotion)
+        traffic.stop()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        # The last malformed records are still on their way through ingest: let them land, so the
+        # summary counts every dead letter rather than racing the pipeline.
+        settle = time.monotonic() + 30.0
+        while observer.seen.dead_letters < traffic.stats.malformed and time.monotonic() < settle:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
         completed = True
         return ScenarioResult(traffic, observer, started, drift_at, promoted_at, v, completed)
     finally:
