@@ -3,12 +3,14 @@ its publisher, and batch subscribers that follow Loopline's delivery contract (s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import FAKE_CONSUMER, KafkaMessage
@@ -19,6 +21,7 @@ from loopline_core.kafka.delivery import BatchHandler, Decoder, Delivery, RetryP
 from loopline_core.kafka.publisher import Publisher, make_broker
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage", "correlation_id"})
 
 
@@ -61,6 +64,10 @@ class Bus:
         ))
         self.publisher = Publisher(broker=self.broker)
         self.deliveries: list[Delivery[Any]] = []
+        self.broker_failures = 0
+        """Consecutive failed broker probes (a consumer whose broker is gone just fetches nothing,
+        so its deliveries alone would never notice)."""
+        self._probe: asyncio.Task[None] | None = None
 
     def subscribe(self, topics: Iterable[str], group: str, decode: Decoder[T], handle: BatchHandler[T], *,
                   max_records: int = 500, linger_ms: int = 20,
@@ -83,15 +90,38 @@ class Bus:
 
     @property
     def ready(self) -> bool:
-        return all(d.ready for d in self.deliveries)
+        return self.broker_failures < self.policy.not_ready_after and all(d.ready for d in self.deliveries)
 
     async def start(self) -> None:
         """Connect the producer and start every subscriber (each joins its group)."""
         await self.broker.start()
+        self._start_probe()
 
     async def connect(self) -> None:
         """Connect only the producer (a process that publishes but does not consume yet)."""
         await self.broker.connect()
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        if self._probe is None:
+            self._probe = asyncio.create_task(self._watch_broker(), name="broker-probe")
+
+    async def _watch_broker(self, interval_s: float = 1.0, timeout_s: float = 2.0) -> None:
+        """Ask the broker for its metadata every second; readiness follows the answers."""
+        client = self.publisher._aiokafka().client
+        while True:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await client.fetch_all_metadata()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self.broker_failures += 1
+                if self.broker_failures == self.policy.not_ready_after:
+                    log.warning("broker unreachable: not ready", extra={"error": repr(exc)[:200]})
+            else:
+                if self.broker_failures >= self.policy.not_ready_after:
+                    log.info("broker reachable again: ready")
+                self.broker_failures = 0
+            await asyncio.sleep(interval_s)
 
     async def drain(self) -> None:
         """Finish the batches in hand (they commit) and take no more."""
@@ -100,6 +130,11 @@ class Bus:
 
     async def close(self) -> None:
         """Leave the groups and close the producer."""
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
         await self.broker.stop()
 
     async def stop(self) -> None:

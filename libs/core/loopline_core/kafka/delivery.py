@@ -200,6 +200,8 @@ class Delivery(Generic[T]):
             outcome.done[tp] = max(outcome.done.get(tp, 0), d.record.offset + 1)
         for tp, (offset, cause) in outcome.retry.items():
             self._schedule_retry(tp, offset, cause)
+        if outcome.retry:
+            self.failures += 1  # once per failed batch, however many partitions it spans
         if outcome.dead:
             await self._dead_letter(outcome.dead)
         self._note(records, outcome, time.perf_counter() - started)
@@ -269,7 +271,6 @@ class Delivery(Generic[T]):
         if state is None or state.offset != offset:
             state = self._retry[tp] = _Retry(offset, time.monotonic())
         state.attempts += 1
-        self.failures += 1
         delay = self.policy.backoff(state.attempts)
         log.warning("transient failure: partition paused, will retry", extra={
             "subscription": self.name, "topic": tp.topic, "partition": tp.partition, "offset": offset,
