@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from loopline_core.kafka import TopicNamer, ensure_topics
 from loopline_stack import Stack
-from loopline_stack.stack import StackConfig
 from loopline_testing.flow import (
     Fleet,
     Member,
@@ -47,20 +43,6 @@ N = int(os.environ.get("LOOPLINE_OUTAGE_EVENTS", "10000"))
 RATE = float(os.environ.get("LOOPLINE_OUTAGE_RATE", "200"))
 OUTAGE_S = float(os.environ.get("LOOPLINE_OUTAGE_S", "20"))
 SERVICES = ("feature", "ingest", "validator")
-
-
-@pytest.fixture
-def durable_stack() -> Iterator[Stack]:
-    """A durable stack of this test's own. Not under tmp_path: as root PostgreSQL runs as another user,
-    and a pytest session starting meanwhile would chmod /tmp/pytest-of-root back to 0700."""
-    state_dir = Path(tempfile.mkdtemp(prefix="loopline-outage-"))
-    stack = Stack(StackConfig(state_dir=state_dir, durable=True, timeout_s=90))
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @dataclass

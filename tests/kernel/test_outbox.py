@@ -10,14 +10,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from loopline_core.db import create_pool, migrate
-from loopline_core.kafka import Publisher, Record, TopicNamer
+from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.outbox import OutboxEvent, Relay, enqueue, outbox_migration
+from loopline_testing.builders import read_fenced
 from prometheus_client import REGISTRY
 
 EVENT_ID = "x-loopline-event-id"
-_FENCE = "x-test-fence"
 
 
 @pytest.fixture
@@ -57,43 +56,6 @@ def _event(topic: str, key: str, n: int) -> OutboxEvent:
 async def _pending(pool: asyncpg.Pool) -> int:
     n: int = await pool.fetchval("select count(*) from outbox where published_at is null")
     return n
-
-
-async def _all(bootstrap: str, topic: str) -> list[Record]:
-    """Every record on ``topic`` now, in (partition, offset) order.
-
-    A fence record is written to each partition and the partitions are read up to their fences:
-    the local broker's end offsets stop at the base offset of the last multi-record batch, so
-    reading "to the end offsets" would miss records.
-    """
-    fence = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await producer.start()
-    await c.start()
-    out: list[Record] = []
-    try:
-        async with asyncio.timeout(30):
-            while not (parts := c.partitions_for_topic(topic)):
-                await c.topics()
-                await asyncio.sleep(0.1)
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            for tp in tps:
-                await producer.send_and_wait(topic, b"", partition=tp.partition, headers=[(_FENCE, fence)])
-            c.assign(tps)
-            await c.seek_to_beginning(*tps)
-            open_tps = set(tps)
-            while open_tps:
-                for tp, recs in (await c.getmany(*open_tps, timeout_ms=200)).items():
-                    for r in recs:
-                        if dict(r.headers or ()).get(_FENCE) == fence:
-                            open_tps.discard(tp)
-                        elif _FENCE not in dict(r.headers or ()) and tp in open_tps:
-                            out.append(Record.of(r))
-    finally:
-        await c.stop()
-        await producer.stop()
-    return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
 def _failures(schema: str) -> float:
@@ -153,7 +115,7 @@ async def test_the_relay_wakes_on_commit_and_publishes_in_order_with_the_event_i
         assert await _pending(pool) == 0
     finally:
         await relay.stop()
-    records = await _all(bootstrap, topic)
+    records = await read_fenced(bootstrap, topic)
     assert sorted(r.header(EVENT_ID) or "" for r in records) == sorted(e.event_id for e in events)
     for key in ("a", "b", "c"):
         mine = [r for r in records if r.key == key.encode()]
@@ -189,7 +151,7 @@ async def test_a_failed_publish_keeps_the_row_until_a_later_relay_publishes_it_o
     finally:
         await relay.stop()  # its last pass fails too: it stops anyway
     assert await _pending(pool) == 1, "a row whose publish failed stays pending"
-    assert await _all(bootstrap, topic) == []
+    assert await read_fenced(bootstrap, topic) == []
 
     relay = Relay(pool, schema, publisher, poll_interval_s=0.05)
     await relay.start()
@@ -197,7 +159,7 @@ async def test_a_failed_publish_keeps_the_row_until_a_later_relay_publishes_it_o
         await _until(lambda: _zero(pool))
     finally:
         await relay.stop()
-    records = await _all(bootstrap, topic)
+    records = await read_fenced(bootstrap, topic)
     assert [(r.header(EVENT_ID), r.value) for r in records] == [(e.event_id, b"m:1")], "exactly one event"
 
 
@@ -235,7 +197,7 @@ async def test_two_relays_at_once_send_each_event_once_and_keep_each_keys_order(
             await relay_b.stop()
     finally:
         await relay_a.stop()
-    records = await _all(bootstrap, topic)
+    records = await read_fenced(bootstrap, topic)
     ids = [r.header(EVENT_ID) for r in records]
     assert len(ids) == len(set(ids)) == 40, "every event once"
     assert pub_a.count > 0 and pub_b.count > 0 and pub_a.count + pub_b.count == 40
@@ -265,7 +227,7 @@ async def test_a_relay_killed_between_publish_and_mark_republishes_the_same_even
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _pending(pool) == 1, "the mark rolled back with the killed relay"
-    assert len(await _all(bootstrap, topic)) == 1
+    assert len(await read_fenced(bootstrap, topic)) == 1
 
     relay = Relay(pool, schema, publisher, poll_interval_s=0.05)
     await relay.start()
@@ -273,6 +235,6 @@ async def test_a_relay_killed_between_publish_and_mark_republishes_the_same_even
         await _until(lambda: _zero(pool))
     finally:
         await relay.stop()
-    records = await _all(bootstrap, topic)
+    records = await read_fenced(bootstrap, topic)
     assert [(r.header(EVENT_ID), r.value) for r in records] == [(e.event_id, b"m:1")] * 2, \
         "published again (at least once), under the same event id for consumers to dedupe"

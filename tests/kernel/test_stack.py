@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -107,20 +104,6 @@ def test_durable_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert StackConfig.from_env(tmp_path).durable
     monkeypatch.delenv("LOOPLINE_STACK_DURABLE")
     assert not StackConfig.from_env(tmp_path).durable
-
-
-@pytest.fixture
-def durable_stack() -> Iterator[Stack]:
-    # Not tmp_path: as root, PostgreSQL runs as the `embedded_postgres` user, and every pytest session
-    # that starts meanwhile chmods /tmp/pytest-of-root back to 0700, cutting that user off mid-initdb.
-    state_dir = Path(tempfile.mkdtemp(prefix="loopline-durable-"))
-    stack = Stack(StackConfig(state_dir=state_dir, durable=True, timeout_s=60))
-    try:
-        stack.up()
-        yield stack
-    finally:
-        stack.down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 async def _produce_and_commit_half(bootstrap: str) -> dict[TopicPartition, int]:

@@ -36,7 +36,7 @@ class CoreSettings(BaseSettings):
 
     kafka_max_records: int = 500
     """Most records a hot-path subscriber takes in one batch."""
-    kafka_linger_ms: int = 20
+    kafka_linger_ms: int = 10
     """How long a subscriber waits to fill a batch when fewer records are ready (latency vs. batch size)."""
     retry_initial_backoff_s: float = 0.2
     retry_max_backoff_s: float = 5.0

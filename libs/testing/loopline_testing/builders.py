@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.kafka import Record
@@ -196,3 +196,40 @@ async def set_alias(registry_addr: str, model_name: str, alias: str, version: in
     async with grpc.aio.insecure_channel(registry_addr) as ch:
         await registry_pb2_grpc.RegistryServiceStub(ch).SetAlias(registry_pb2.SetAliasRequest(
             model_name=model_name, alias=alias, version=version, reason="test", actor="test"))
+
+
+FENCE = "x-test-fence"
+
+
+async def read_fenced(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Record]:
+    """Every record on ``topic`` now: a fence is written to each partition and each is read up to it,
+    which holds whatever a broker's end offsets say (fences are not returned)."""
+    fence = uuid.uuid4().hex.encode()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await producer.start()
+    await c.start()
+    out: list[Record] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not (parts := c.partitions_for_topic(topic)):
+                await c.topics()
+                await asyncio.sleep(0.1)
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            for tp in tps:
+                await producer.send_and_wait(topic, b"", partition=tp.partition, headers=[(FENCE, fence)])
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            open_tps = set(tps)
+            while open_tps:
+                for tp, recs in (await c.getmany(*open_tps, timeout_ms=200)).items():
+                    for r in recs:
+                        headers = dict(r.headers or ())
+                        if headers.get(FENCE) == fence:
+                            open_tps.discard(tp)
+                        elif FENCE not in headers and tp in open_tps:
+                            out.append(Record.of(r))
+    finally:
+        await c.stop()
+        await producer.stop()
+    return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +39,21 @@ def stack() -> Iterator[StackState]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def durable_stack() -> Iterator[Stack]:
+    """A durable stack of the test's own (the broker keeps its log in the stack's S3 store, so it can
+    be stopped and started). Not under tmp_path: as root PostgreSQL runs as another user, and a
+    pytest session starting meanwhile would chmod /tmp/pytest-of-root back to 0700 mid-initdb."""
+    state_dir = Path(tempfile.mkdtemp(prefix="loopline-durable-"))
+    st = Stack(StackConfig(state_dir=state_dir, durable=True, timeout_s=90))
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,15 +12,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from loopline.inference.v1.events_pb2 import PredictionLogged
-from loopline_core.kafka import Publisher, Record, TopicNamer, ensure_topics
+from loopline_core.kafka import Publisher, TopicNamer, ensure_topics
 from loopline_inference.adapters.prediction_log import PredictionLog, Row
 from loopline_stack.services import ServiceSet
-from loopline_testing.builders import FEATURES, register_signed_model, set_alias
+from loopline_testing.builders import FEATURES, read_fenced, register_signed_model, set_alias
 from prometheus_client import REGISTRY
-
-_FENCE = "x-test-fence"
 
 
 def _count(name: str, **labels: str) -> float:
@@ -30,40 +27,6 @@ def _count(name: str, **labels: str) -> float:
 def _rows(model: str, n: int, start: int = 0) -> list[Row]:
     return [Row(model, 1, f"r{i}", f"r{i}", ["a", "b"], np.array([i, i + 1], np.float32),
                 np.array([0.5], np.float32), 1.0, f"e{i}", 0.0) for i in range(start, start + n)]
-
-
-async def _all(bootstrap: str, topic: str) -> list[Record]:
-    """Every record on ``topic`` now: a fence is written to each partition and each is read up to it
-    (the local broker's end offsets lag behind multi-record batches, so they cannot say where "now" is)."""
-    fence = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await producer.start()
-    await c.start()
-    out: list[Record] = []
-    try:
-        async with asyncio.timeout(60):
-            while not (parts := c.partitions_for_topic(topic)):
-                await c.topics()
-                await asyncio.sleep(0.1)
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            for tp in tps:
-                await producer.send_and_wait(topic, b"", partition=tp.partition, headers=[(_FENCE, fence)])
-            c.assign(tps)
-            await c.seek_to_beginning(*tps)
-            open_tps = set(tps)
-            while open_tps:
-                for tp, recs in (await c.getmany(*open_tps, timeout_ms=200)).items():
-                    for r in recs:
-                        headers = dict(r.headers or ())
-                        if headers.get(_FENCE) == fence:
-                            open_tps.discard(tp)
-                        elif _FENCE not in headers and tp in open_tps:
-                            out.append(Record.of(r))
-    finally:
-        await c.stop()
-        await producer.stop()
-    return out
 
 
 @pytest.fixture
@@ -83,7 +46,7 @@ async def test_drop_counts_what_does_not_fit_and_close_publishes_what_is_queued(
     await plog.close()
     assert _count("loopline_inference_prediction_log_sent_total", model=model) == 5
     got = sorted(PredictionLogged.FromString(r.value).metadata.event_id
-                 for r in await _all(bootstrap, namer.predictions(model)))
+                 for r in await read_fenced(bootstrap, namer.predictions(model)))
     assert got == [f"r{i}" for i in range(5)]
     await plog.record(_rows(model, 1, 99))
     assert _count("loopline_inference_prediction_log_dropped_total", model=model, reason="closed") == 1
@@ -134,7 +97,7 @@ async def test_block_waits_for_room_and_counts_what_found_none_in_time(
     stuck.release.set()
     await hasty.close()
     got = sorted(PredictionLogged.FromString(r.value).metadata.event_id
-                 for r in await _all(bootstrap, namer.predictions(model)))
+                 for r in await read_fenced(bootstrap, namer.predictions(model)))
     assert got == sorted(["r0", "r1", "r2", "r3", "r10", "r11", "r12"])
 
 
@@ -180,10 +143,10 @@ async def test_rows_spread_over_partitions_and_sigterm_publishes_every_answered_
     assert len(answered) == 200
     topic = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"]).predictions("fraud")
     bootstrap = isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
-    assert await _all(bootstrap, topic) == [], "still queued in the process"
+    assert await read_fenced(bootstrap, topic) == [], "still queued in the process"
 
     await asyncio.to_thread(svc.stop)  # SIGTERM: the service drains its log before its publisher stops
-    records = await _all(bootstrap, topic)
+    records = await read_fenced(bootstrap, topic)
     logged = [PredictionLogged.FromString(r.value) for r in records]
     assert sorted(p.request_id for p in logged) == sorted(answered), "every answered request logged, once"
     assert {r.key for r in records} == {p.request_id.encode() for p in logged}, "keyed by request"

@@ -70,7 +70,7 @@ class Bus:
         self._probe: asyncio.Task[None] | None = None
 
     def subscribe(self, topics: Iterable[str], group: str, decode: Decoder[T], handle: BatchHandler[T], *,
-                  max_records: int = 500, linger_ms: int = 20,
+                  max_records: int = 500, linger_ms: int = 10,
                   auto_offset_reset: Literal["earliest", "latest"] = "earliest",
                   description: str | None = None, max_poll_interval_ms: int = 300_000) -> Delivery[T]:
         """Consume ``topics`` in group ``group`` in batches of up to ``max_records``."""

@@ -121,7 +121,7 @@ class PartialFailure(Exception):  # noqa: N818 - it is a signal between a handle
 
 
 def _tp(record: Record) -> TopicPartition:
-    return TopicPartition(record.topic, record.partition)
+    return record.tp
 
 
 def _dead_of(record: Record, exc: BaseException, *, kind: str | None = None, attempts: int = 1) -> _Dead:
@@ -182,7 +182,7 @@ class Delivery(Generic[T]):
 
     async def _run(self, raw: Sequence[Any]) -> None:
         owned = self._owned()
-        records = [r for r in map(Record.of, raw) if _tp(r) in owned]
+        records = [r for r in map(Record.of, raw) if r.tp in owned]
         started = time.perf_counter()
         outcome = _Outcome()
         items: list[Item[T]] = []
@@ -259,11 +259,13 @@ class Delivery(Generic[T]):
                 or state.attempts >= self.policy.max_attempts)
 
     def _finish(self, items: list[Item[T]], out: _Outcome) -> None:
-        for item in items:
-            tp = _tp(item.record)
-            out.done[tp] = max(out.done.get(tp, 0), item.record.offset + 1)
+        last: dict[TopicPartition, int] = {}
+        for item in items:  # records of a partition come in offset order
+            last[item.record.tp] = item.record.offset
+        for tp, offset in last.items():
+            out.done[tp] = max(out.done.get(tp, 0), offset + 1)
             state = self._retry.get(tp)
-            if state is not None and item.record.offset >= state.offset:
+            if state is not None and offset >= state.offset:
                 del self._retry[tp]
 
     def _schedule_retry(self, tp: TopicPartition, offset: int, exc: BaseException) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from aiokafka import TopicPartition
 
 CONTENT_TYPE = "content-type"
 MESSAGE_TYPE = "x-loopline-type"
@@ -35,6 +37,10 @@ class Record:
     value: bytes
     headers: tuple[tuple[str, bytes], ...] = ()
     timestamp_ms: int = 0
+    tp: TopicPartition = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tp", TopicPartition(self.topic, self.partition))
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
