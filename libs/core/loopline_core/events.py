@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 
@@ -10,9 +11,9 @@ from loopline.common.v1.metadata_pb2 import EventMetadata
 
 
 def timestamp(epoch_s: float | None = None) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int((time.time() if epoch_s is None else epoch_s) * 1e9))
-    return ts
+    t = time.time() if epoch_s is None else epoch_s
+    seconds = math.floor(t)
+    return Timestamp(seconds=seconds, nanos=min(int((t - seconds) * 1e9), 999_999_999))
 
 
 def derived_id(*parts: str) -> str:

@@ -15,16 +15,22 @@ def _no_constant(name: str) -> Any:
 
 def _check_finite(value: Any) -> None:
     """A number too large for a double (``1e400``) parses as inf; find it after the fast C parse
-    (a parse_float hook would push every float through Python code)."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise invalid("a number is out of range (it overflows a double)")
-    elif isinstance(value, dict):
-        for v in value.values():
-            _check_finite(v)
-    elif isinstance(value, list):
-        for v in value:
-            _check_finite(v)
+    (a parse_float hook would push every float through Python code). Iterative: nesting depth
+    costs no stack."""
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        items = current.values() if type(current) is dict else current if type(current) is list else ()
+        for v in items:
+            kind = type(v)
+            if kind is float:
+                if not math.isfinite(v):
+                    raise invalid("a number is out of range (it overflows a double)")
+            elif kind is dict or kind is list:
+                pending.append(v)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def loads_strict(raw: bytes | str) -> Any:
@@ -33,17 +39,14 @@ def loads_strict(raw: bytes | str) -> Any:
     Python's json accepts those by default, and a NaN then passes every ``<``/``>`` range check.
     """
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = _DECODER.decode(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except UnicodeDecodeError as exc:
         raise invalid(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
     except json.JSONDecodeError as exc:
         raise invalid(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise invalid("JSON nested too deeply") from exc
-    try:
-        _check_finite(value)
-    except RecursionError as exc:
-        raise invalid("JSON nested too deeply") from exc
+    _check_finite(value)
     return value
 
 

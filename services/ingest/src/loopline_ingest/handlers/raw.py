@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loopline.ingest.v1.envelope_pb2 import EventIngested
-from loopline_core.events import metadata, timestamp
+from loopline_core.events import timestamp
 from loopline_core.kafka import Item, Publisher, Record, TopicNamer
 from loopline_core.kafka.records import EVENT_ID, REDRIVEN_FROM, SOURCE, TS_UNIT
 
@@ -56,7 +56,11 @@ class RawHandler:
 
 
 def _envelope(env: Envelope) -> bytes:
-    return EventIngested(metadata=metadata("ingest", env.event_id, occurred_at=env.event_time),
-                         dataset=env.dataset, source=env.source, event_time=timestamp(env.event_time),
-                         ingest_time=timestamp(env.ingest_time), content_type=env.content_type,
-                         payload=env.payload).SerializeToString()
+    # Fields are set in place: building the nested messages first and passing them in copies each.
+    msg = EventIngested(dataset=env.dataset, source=env.source, content_type=env.content_type, payload=env.payload)
+    msg.metadata.event_id = env.event_id
+    msg.metadata.producer = "ingest"
+    msg.metadata.occurred_at.CopyFrom(timestamp(env.event_time))
+    msg.event_time.CopyFrom(msg.metadata.occurred_at)
+    msg.ingest_time.CopyFrom(timestamp(env.ingest_time))
+    return msg.SerializeToString()
