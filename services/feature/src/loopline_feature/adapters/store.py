@@ -8,7 +8,7 @@ import asyncpg
 import numpy as np
 from loopline_core.db import Migration
 
-from loopline_feature.domain.features import History, compute
+from loopline_feature.domain.features import History, Timeline, compute
 
 SCHEMA = "feature"
 MIGRATIONS = [Migration(1, "log_online_labels", """
@@ -50,36 +50,60 @@ class FeatureStore:
         return History(int(row["n"]), float(row["m"]), float(row["t"]))
 
     async def record(self, events: list[Transaction]) -> int:
-        """Log each event's features (keyed by event id) and refresh its customer's online row, the
-        whole batch in one transaction; returns how many were new (a redelivery changes nothing).
+        """Log each new event's features (keyed by event id) and refresh its customer's online row, the
+        whole batch in one transaction and a handful of statements; returns how many were new (a
+        redelivery changes nothing).
 
-        Events are taken in (customer, event time) order, each customer's lock once, so two replicas
-        that ever share customers lock them in the same order and cannot deadlock.
+        Each event's features see only the customer's transactions strictly before it (already logged
+        or earlier in this batch), so the result is the same as logging the events one by one in time
+        order. Customers are locked in sorted order, so replicas that ever share one cannot deadlock.
         """
-        new = 0
+        # Postgres keeps microseconds: compare times as it will store them.
+        batch = {e.event_id: Transaction(e.event_id, e.customer_id, round(e.event_time, 6), e.amount,
+                                         e.merchant_category) for e in reversed(events)}
         async with self.pool.acquire() as conn, conn.transaction():
-            locked: set[str] = set()
-            for e in sorted(events, key=lambda e: (e.customer_id, e.event_time, e.event_id)):
-                if e.customer_id not in locked:
-                    await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"feature/{e.customer_id}")
-                    locked.add(e.customer_id)
-                history = await self.history(conn, e.customer_id, e.event_time)
-                features = compute(e.amount, e.event_time, e.merchant_category, history)
-                inserted = await conn.fetchval(
-                    "insert into offline_log(event_id, customer_id, event_time, amount, features) "
-                    "values ($1,$2,to_timestamp($3),$4,$5) on conflict do nothing returning true",
-                    e.event_id, e.customer_id, e.event_time, e.amount, features)
-                if not inserted:
-                    continue
-                new += 1
-                after = await self.history(conn, e.customer_id, e.event_time + 1e-6)
-                await conn.execute(
-                    "insert into online(customer_id, txn_count_24h, mean_amount_24h, event_time) "
-                    "values ($1,$2,$3,to_timestamp($4)) on conflict (customer_id) do update set "
-                    "txn_count_24h=excluded.txn_count_24h, mean_amount_24h=excluded.mean_amount_24h, "
-                    "event_time=excluded.event_time where online.event_time <= excluded.event_time",
-                    e.customer_id, float(after.count), after.mean_amount, e.event_time)
-        return new
+            customers = sorted({e.customer_id for e in batch.values()})
+            await conn.execute("select count(pg_advisory_xact_lock(hashtext('feature/' || c))) "
+                               "from (select unnest($1::text[]) c order by 1) s", customers)
+            logged = {r["event_id"] for r in await conn.fetch(
+                "select event_id from offline_log where event_id = any($1::text[])", list(batch))}
+            new = [e for e in batch.values() if e.event_id not in logged]
+            if not new:
+                return 0
+            lo = min(e.event_time for e in new) - self.window_s
+            hi = max(e.event_time for e in new) + 1e-6
+            rows: dict[str, list[tuple[float, float]]] = {c: [] for c in customers}
+            for r in await conn.fetch(
+                    "select customer_id, extract(epoch from event_time)::float8 t, amount from offline_log "
+                    "where customer_id = any($1::text[]) and event_time >= to_timestamp($2) "
+                    "and event_time < to_timestamp($3)", customers, lo, hi):
+                rows[r["customer_id"]].append((r["t"], r["amount"]))
+            for e in new:
+                rows[e.customer_id].append((e.event_time, e.amount))
+            timelines = {c: Timeline(r) for c, r in rows.items()}
+            features = [compute(e.amount, e.event_time, e.merchant_category,
+                                timelines[e.customer_id].before(e.event_time, self.window_s)) for e in new]
+            await conn.execute(
+                "insert into offline_log(event_id, customer_id, event_time, amount, features) "
+                "select e, c, to_timestamp(t), a, f::float8[] "
+                "from unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[]) as u(e, c, t, a, f) "
+                "on conflict do nothing",
+                [e.event_id for e in new], [e.customer_id for e in new], [e.event_time for e in new],
+                [e.amount for e in new], ["{" + ",".join(map(repr, f)) + "}" for f in features])
+            latest: dict[str, Transaction] = {}
+            for e in new:
+                if e.customer_id not in latest or e.event_time >= latest[e.customer_id].event_time:
+                    latest[e.customer_id] = e
+            after = {c: timelines[c].before(e.event_time + 1e-6, self.window_s) for c, e in latest.items()}
+            await conn.execute(
+                "insert into online(customer_id, txn_count_24h, mean_amount_24h, event_time) "
+                "select c, n, m, to_timestamp(t) from unnest($1::text[], $2::float8[], $3::float8[], $4::float8[]) "
+                "as u(c, n, m, t) on conflict (customer_id) do update set "
+                "txn_count_24h=excluded.txn_count_24h, mean_amount_24h=excluded.mean_amount_24h, "
+                "event_time=excluded.event_time where online.event_time <= excluded.event_time",
+                list(latest), [float(after[c].count) for c in latest], [after[c].mean_amount for c in latest],
+                [latest[c].event_time for c in latest])
+        return len(new)
 
     async def label(self, labels: list[tuple[str, float, float]]) -> None:
         """Upsert ``(event_id, label, labelled_at)`` rows in one statement (the last label of an id wins)."""

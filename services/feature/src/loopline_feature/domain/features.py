@@ -8,6 +8,7 @@ serves a live request from the online aggregates.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,3 +40,23 @@ def compute(amount: float, event_time: float, merchant_category: str, history: H
         1.0 if hour < 6 else 0.0,
         1.0 if merchant_category in RISKY_CATEGORIES else 0.0,
     ]
+
+
+class Timeline:
+    """One customer's transactions, ``(event_time, amount)``, in time order: the History of any instant
+    is a window over it (the same rule the offline log and the online row are computed with)."""
+
+    def __init__(self, rows: list[tuple[float, float]]) -> None:
+        rows = sorted(rows)
+        self.times = [t for t, _ in rows]
+        self.sums = [0.0]
+        for _, amount in rows:
+            self.sums.append(self.sums[-1] + amount)
+
+    def before(self, t: float, window_s: float) -> History:
+        """The transactions in ``[t - window_s, t)``."""
+        lo, hi = bisect_left(self.times, t - window_s), bisect_left(self.times, t)
+        n = hi - lo
+        if n == 0:
+            return History(0, 0.0, 0.0)
+        return History(n, (self.sums[hi] - self.sums[lo]) / n, self.times[hi - 1])
