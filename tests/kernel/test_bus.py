@@ -282,3 +282,24 @@ async def test_two_members_of_a_group_share_the_partitions(
         await b.stop()
     assert sorted(by_member["a"] + by_member["b"]) == list(range(60)), "each record to exactly one member"
     assert by_member["a"] and by_member["b"], "both members got work"
+
+
+async def test_a_handler_that_hangs_is_cut_off_and_its_record_dead_lettered(
+        bootstrap: str, namer: TopicNamer, publisher: Publisher) -> None:
+    topic = namer.valid("transactions")
+    await _publish(publisher, topic, [json.dumps({"i": i}).encode() for i in range(5)], lambda _i: "one-key")
+    seen: list[int] = []
+
+    async def handler(msg: dict[str, Any], _record: Record) -> None:
+        if msg["i"] == 1:
+            await asyncio.Event().wait()  # a call that never returns
+        seen.append(int(msg["i"]))
+
+    bus = _bus(bootstrap, namer, RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.1, budget_s=0.5,
+                                             max_attempts=100, handler_timeout_s=0.5))
+    bus.subscribe([topic], f"g-{uuid.uuid4().hex[:6]}", _json, each(handler))
+    await _run(bus, lambda: {0, 2, 3, 4} <= set(seen))
+    assert 1 not in seen and sorted(set(seen)) == [0, 2, 3, 4]
+    dead = await read_topic(bootstrap, namer.dlq("transactions"), 1)
+    assert json.loads(dead[0].value) == {"i": 1} and dead[0].header(DLQ_KIND) == "exhausted"
+    assert "longer than 0.5s" in (dead[0].header(DLQ_REASON) or "")

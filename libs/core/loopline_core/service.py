@@ -63,7 +63,8 @@ async def start_runtime(name: str, settings: CoreSettings) -> Runtime:
     namer = TopicNamer(settings.topic_prefix)
     policy = RetryPolicy(initial_backoff_s=settings.retry_initial_backoff_s, max_backoff_s=settings.retry_max_backoff_s,
                          budget_s=settings.retry_budget_s, max_attempts=settings.retry_max_attempts,
-                         not_ready_after=settings.retry_not_ready_after)
+                         not_ready_after=settings.retry_not_ready_after,
+                         handler_timeout_s=settings.retry_handler_timeout_s)
     bus = Bus(settings.kafka_bootstrap, f"loopline-{name}", namer.dead_letter_for, policy, service=name)
     rt = Runtime(name, settings, namer, bus)
     rt.metrics_port = start_metrics_server(settings.metrics_port, ready=rt.ready)

@@ -43,6 +43,8 @@ class CoreSettings(BaseSettings):
     retry_budget_s: float = 60.0
     """A record failing transiently for longer than this goes to the dead-letter topic as ``exhausted``."""
     retry_max_attempts: int = 20
+    retry_handler_timeout_s: float = 240.0
+    """A handler call running longer is cancelled and retried as a transient failure."""
     retry_not_ready_after: int = 3
     """Consecutive transient failures after which ``/readyz`` answers 503."""
 

@@ -34,7 +34,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from loopline_core import metrics
-from loopline_core.errors import LooplineError, is_permanent
+from loopline_core.errors import ErrorKind, LooplineError, is_permanent
 from loopline_core.kafka.publisher import Publisher
 from loopline_core.kafka.records import (
     CONTENT_TYPE,
@@ -78,6 +78,10 @@ class RetryPolicy:
     """Consecutive transient failures after which the service reports itself not ready."""
     rebalance_wait_s: float = 20.0
     """How long a revocation waits for the batch in hand to finish and commit."""
+    handler_timeout_s: float = 240.0
+    """A handler call that takes longer is cancelled and counts as a transient failure, so a call
+    that hangs cannot hold its partitions for ever. Below the consumer's 5-minute poll interval,
+    after which the group would evict the member anyway."""
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with "equal jitter": half fixed, half random, so replicas spread out."""
@@ -211,10 +215,16 @@ class Delivery(Generic[T]):
         items = [i for i in items if _tp(i.record) not in out.retry]
         if not items:
             return
+        deadline = asyncio.timeout(self.policy.handler_timeout_s)
         try:
-            await self.handle(items)
+            async with deadline:
+                await self.handle(items)
         except asyncio.CancelledError:
             raise
+        except TimeoutError as exc:
+            cause = LooplineError(ErrorKind.UNAVAILABLE, f"handler ran longer than {self.policy.handler_timeout_s}s") \
+                if deadline.expired() else exc
+            await self._fail(items, cause, out, isolate=isolate)
         except PartialFailure as pf:
             # A per-record handler got this far: keep what it did, judge the record that failed alone.
             self._finish(items[:pf.done], out)
