@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.kafka import Record
@@ -22,10 +22,6 @@ from loopline_ml import artifact
 from loopline_ml.drift import reference
 
 FEATURES = ["amount", "log_amount", "txn_count_24h", "mean_amount_24h", "amount_to_mean", "night", "risky_category"]
-
-
-def _record(r: ConsumerRecord[bytes, bytes]) -> Record:
-    return Record(r.topic, r.partition, r.offset, r.key, r.value or b"", tuple(r.headers or ()), r.timestamp)
 
 
 async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[Record]:
@@ -45,7 +41,7 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
             await c.seek_to_beginning(*tps)
             while len(out) < count:
                 for recs in (await c.getmany(*tps, timeout_ms=200)).values():
-                    out += [_record(r) for r in recs]
+                    out += [Record.of(r) for r in recs]
         finally:
             await c.stop()
     return out
@@ -91,7 +87,7 @@ async def _read_to_end(bootstrap: str, topic: str, timeout: float) -> list[Recor
             await c.seek_to_beginning(*tps)
             while [tp for tp in tps if await c.position(tp) < ends[tp]]:
                 for recs in (await c.getmany(*tps, timeout_ms=200)).values():
-                    out += [_record(r) for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]]
+                    out += [Record.of(r) for r in recs if r.offset < ends[TopicPartition(r.topic, r.partition)]]
         finally:
             await c.stop()
     return sorted(out, key=lambda r: (r.partition, r.offset))

@@ -7,14 +7,13 @@ import json
 from collections import Counter
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.kafka.records import DLQ_REASON
 from loopline_ingest.domain.envelope import wrap_json
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet, read_topic
+from loopline_testing.flow import committed
 
 
 def test_generated_ids_are_stable_so_redeliveries_dedupe() -> None:
@@ -49,20 +48,7 @@ async def test_envelopes_dedupes_and_dead_letters(isolated: dict[str, str], serv
 
 async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The offsets ``group`` committed on each partition of ``topic`` (0 where it committed none)."""
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await c.start()
-    try:
-        await c.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-    finally:
-        await c.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        done = await admin.list_consumer_group_offsets(group, partitions=tps)
-    finally:
-        await admin.close()
-    return {tp.partition: max(done[tp].offset, 0) for tp in tps}
+    return {tp.partition: max(offset, 0) for tp, offset in (await committed(bootstrap, group, topic)).items()}
 
 
 async def test_sigterm_commits_exactly_what_was_forwarded(isolated: dict[str, str],

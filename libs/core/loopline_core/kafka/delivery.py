@@ -124,10 +124,6 @@ class PartialFailure(Exception):  # noqa: N818 - it is a signal between a handle
         self.cause = cause
 
 
-def _tp(record: Record) -> TopicPartition:
-    return record.tp
-
-
 def _dead_of(record: Record, exc: BaseException, *, kind: str | None = None, attempts: int = 1) -> _Dead:
     if isinstance(exc, LooplineError):
         return _Dead(record, exc.message, kind or exc.kind.value, dict(exc.details), attempts)
@@ -182,7 +178,7 @@ class Delivery(Generic[T]):
             except Exception:
                 # A bug here must not be silent: the batch is not committed, so it is redelivered.
                 log.exception("batch failed in the delivery layer", extra={"subscription": self.name})
-                self._rewind({_tp(Record.of(r)): r.offset for r in reversed(raw)}, self.policy.max_backoff_s)
+                self._rewind({Record.of(r).tp: r.offset for r in reversed(raw)}, self.policy.max_backoff_s)
 
     async def _run(self, raw: Sequence[Any]) -> None:
         owned = self._owned()
@@ -197,10 +193,10 @@ class Delivery(Generic[T]):
                 outcome.dead.append(_dead_of(record, exc))
         await self._handle(items, outcome, isolate=False)
         # Records behind a partition's retry point are redelivered: dead-letter and commit only before it.
-        outcome.dead = [d for d in outcome.dead if _tp(d.record) not in outcome.retry
-                        or d.record.offset < outcome.retry[_tp(d.record)][0]]
+        outcome.dead = [d for d in outcome.dead if d.record.tp not in outcome.retry
+                        or d.record.offset < outcome.retry[d.record.tp][0]]
         for d in outcome.dead:
-            tp = _tp(d.record)
+            tp = d.record.tp
             outcome.done[tp] = max(outcome.done.get(tp, 0), d.record.offset + 1)
         for tp, (offset, cause) in outcome.retry.items():
             self._schedule_retry(tp, offset, cause)
@@ -212,7 +208,7 @@ class Delivery(Generic[T]):
         await self._commit(outcome)
 
     async def _handle(self, items: list[Item[T]], out: _Outcome, *, isolate: bool) -> None:
-        items = [i for i in items if _tp(i.record) not in out.retry]
+        items = [i for i in items if i.record.tp not in out.retry]
         if not items:
             return
         deadline = asyncio.timeout(self.policy.handler_timeout_s)
@@ -244,24 +240,24 @@ class Delivery(Generic[T]):
             for item in items:  # find the record at fault: the others go on
                 await self._handle([item], out, isolate=True)
             return
-        spent = {tp for tp in {_tp(i.record) for i in items} if self._spent(tp, items)}
+        spent = {tp for tp in {i.record.tp for i in items} if self._spent(tp, items)}
         if len(items) == 1 and spent:
-            state = self._retry.get(_tp(items[0].record))
+            state = self._retry.get(items[0].record.tp)
             out.dead.append(_dead_of(items[0].record, exc, kind=EXHAUSTED,
                                      attempts=(state.attempts if state else 0) + 1))
             self._finish(items, out)
             metrics.BUS_EXHAUSTED.labels(items[0].record.topic).inc()
             return
         for item in items:
-            tp = _tp(item.record)
+            tp = item.record.tp
             if tp not in spent and tp not in out.retry:
                 out.retry[tp] = (item.record.offset, exc)
         for item in items:  # a spent budget gets one last pass, record by record, before the dead letters
-            if _tp(item.record) in spent:
+            if item.record.tp in spent:
                 await self._handle([item], out, isolate=True)
 
     def _spent(self, tp: TopicPartition, items: list[Item[T]]) -> bool:
-        first = next(i.record.offset for i in items if _tp(i.record) == tp)
+        first = next(i.record.offset for i in items if i.record.tp == tp)
         state = self._retry.get(tp)
         if state is None or state.offset != first:
             return False
@@ -351,7 +347,7 @@ class Delivery(Generic[T]):
     def _note(self, records: list[Record], out: _Outcome, seconds: float) -> None:
         if not out.retry:
             self.failures = 0
-        ok = len(records) - len(out.dead) - sum(1 for r in records if _tp(r) in out.retry)
+        ok = len(records) - len(out.dead) - sum(1 for r in records if r.tp in out.retry)
         if records:
             metrics.BUS_CONSUMED.labels(records[0].topic, "ok").inc(max(ok, 0))
             metrics.BUS_BATCH_SECONDS.labels(records[0].topic).observe(seconds)
