@@ -29,10 +29,13 @@ class BuildTrainingSetRequest(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     feature_view: _builtins.str
+    """A view name ("transactions") or name and version ("transactions:1"; unset version: the newest)."""
     dataset: _builtins.str
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Only labelled events at or before this time (unset: all)."""
+        """The set as it could have been built at this time: events with event time at or before it, and
+        only labels known (by label time) at or before it. Unset: now. The same as_of gives the same bytes.
+        """
 
     def __init__(
         self,
@@ -60,14 +63,25 @@ class BuildTrainingSetResponse(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     POSITIVES_FIELD_NUMBER: _builtins.int
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    MANIFEST_URI_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
-    """s3://bucket/key of an .npz with X (float32), y (float32), event_time (float64), feature_names."""
+    """s3://bucket/key of a Parquet file: event_id, entity_id, event_time, label_time, label, then one
+    float64 column per feature in the model's column order, rows in event-time order.
+    """
     digest: _builtins.str
-    """sha256 of the snapshot bytes."""
+    """sha256 of the Parquet bytes (also in the manifest)."""
     rows: _builtins.int
     positives: _builtins.int
+    manifest_uri: _builtins.str
+    """s3://bucket/key of the manifest JSON: digest, rows, view and version, as_of, columns."""
+    feature_view: _builtins.str
+    """The view and version the set was computed with ("transactions:1")."""
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -76,10 +90,13 @@ class BuildTrainingSetResponse(_message.Message):
         rows: _builtins.int = ...,
         positives: _builtins.int = ...,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        manifest_uri: _builtins.str = ...,
+        feature_view: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "feature_names", b"feature_names", "positives", b"positives", "rows", b"rows", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "digest", b"digest", "feature_names", b"feature_names", "feature_view", b"feature_view", "manifest_uri", b"manifest_uri", "positives", b"positives", "rows", b"rows", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -94,14 +111,27 @@ class GetOnlineFeaturesRequest(_message.Message):
     FEATURE_VIEW_FIELD_NUMBER: _builtins.int
     ENTITY_IDS_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
     feature_view: _builtins.str
+    """A view name ("transactions") or name and version ("transactions:1"; unset version: the newest)."""
     @_builtins.property
     def entity_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp:
-        """Compute the window aggregates as of this event time, with the same definition as the offline
-        log (point-in-time correct). Unset: the latest values from the online table.
+        """The request time: every window ends here (windows slide with the clock, not with the entity's
+        last event). Unset: now.
         """
+
+    @_builtins.property
+    def request(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestRow]:
+        """Request-time inputs of the view's on-demand features (for a transaction view: the transaction
+        being scored), one per entity in the order of entity_ids; empty when only aggregates are asked.
+        """
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The features wanted, in this order (unset: the view's whole model vector)."""
 
     def __init__(
         self,
@@ -109,14 +139,82 @@ class GetOnlineFeaturesRequest(_message.Message):
         feature_view: _builtins.str = ...,
         entity_ids: _abc.Iterable[_builtins.str] | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        request: _abc.Iterable[Global___RequestRow] | None = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "entity_ids", b"entity_ids", "feature_view", b"feature_view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "entity_ids", b"entity_ids", "feature_view", b"feature_view", "features", b"features", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOnlineFeaturesRequest: _TypeAlias = GetOnlineFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class RequestRow(_message.Message):
+    """RequestRow carries one entity's request-time inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NumbersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class StringsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    STRINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def numbers(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def strings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        numbers: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        strings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["numbers", b"numbers", "strings", b"strings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestRow: _TypeAlias = RequestRow  # noqa: Y015
 
 @_typing.final
 class GetOnlineFeaturesResponse(_message.Message):
@@ -126,6 +224,9 @@ class GetOnlineFeaturesResponse(_message.Message):
 
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    feature_view: _builtins.str
+    """The view and version that computed the values ("transactions:1")."""
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -135,10 +236,11 @@ class GetOnlineFeaturesResponse(_message.Message):
         *,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         rows: _abc.Iterable[Global___FeatureRow] | None = ...,
+        feature_view: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "feature_view", b"feature_view", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,6 +258,7 @@ class FeatureRow(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     found: _builtins.bool
+    """False when the entity has no event in any window (its aggregates are the view's defaults)."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     @_builtins.property

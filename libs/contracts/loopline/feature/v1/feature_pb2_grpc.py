@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class FeatureServiceStub(object):
-    """FeatureService serves the online feature values the feature service maintains.
+    """FeatureService serves feature views: online vectors computed as of the request time and
+    point-in-time correct training sets, both from one declarative definition per view.
     """
 
     def __init__(self, channel):
@@ -48,11 +49,13 @@ class FeatureServiceStub(object):
 
 
 class FeatureServiceServicer(object):
-    """FeatureService serves the online feature values the feature service maintains.
+    """FeatureService serves feature views: online vectors computed as of the request time and
+    point-in-time correct training sets, both from one declarative definition per view.
     """
 
     def GetOnlineFeatures(self, request, context):
-        """GetOnlineFeatures returns the latest values of a feature view for some entities.
+        """GetOnlineFeatures returns a view's feature vector for a batch of entities, in the model's
+        column order, with window aggregates as of the request time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +91,8 @@ def add_FeatureServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FeatureService(object):
-    """FeatureService serves the online feature values the feature service maintains.
+    """FeatureService serves feature views: online vectors computed as of the request time and
+    point-in-time correct training sets, both from one declarative definition per view.
     """
 
     @staticmethod

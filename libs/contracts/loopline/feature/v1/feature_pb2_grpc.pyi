@@ -27,14 +27,18 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class FeatureServiceStub:
-    """FeatureService serves the online feature values the feature service maintains."""
+    """FeatureService serves feature views: online vectors computed as of the request time and
+    point-in-time correct training sets, both from one declarative definition per view.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> FeatureServiceAsyncStub: ...
     GetOnlineFeatures: _grpc.UnaryUnaryMultiCallable[_feature_pb2.GetOnlineFeaturesRequest, _feature_pb2.GetOnlineFeaturesResponse]
-    """GetOnlineFeatures returns the latest values of a feature view for some entities."""
+    """GetOnlineFeatures returns a view's feature vector for a batch of entities, in the model's
+    column order, with window aggregates as of the request time.
+    """
     BuildTrainingSet: _grpc.UnaryUnaryMultiCallable[_feature_pb2.BuildTrainingSetRequest, _feature_pb2.BuildTrainingSetResponse]
     """BuildTrainingSet joins the offline log with labels, point-in-time correct, and stores the
     result as a content-addressed snapshot in the object store.
@@ -42,18 +46,24 @@ class FeatureServiceStub:
 
 @_typing.type_check_only
 class FeatureServiceAsyncStub(FeatureServiceStub):
-    """FeatureService serves the online feature values the feature service maintains."""
+    """FeatureService serves feature views: online vectors computed as of the request time and
+    point-in-time correct training sets, both from one declarative definition per view.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetOnlineFeatures: _aio.UnaryUnaryMultiCallable[_feature_pb2.GetOnlineFeaturesRequest, _feature_pb2.GetOnlineFeaturesResponse]  # type: ignore[assignment]
-    """GetOnlineFeatures returns the latest values of a feature view for some entities."""
+    """GetOnlineFeatures returns a view's feature vector for a batch of entities, in the model's
+    column order, with window aggregates as of the request time.
+    """
     BuildTrainingSet: _aio.UnaryUnaryMultiCallable[_feature_pb2.BuildTrainingSetRequest, _feature_pb2.BuildTrainingSetResponse]  # type: ignore[assignment]
     """BuildTrainingSet joins the offline log with labels, point-in-time correct, and stores the
     result as a content-addressed snapshot in the object store.
     """
 
 class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
-    """FeatureService serves the online feature values the feature service maintains."""
+    """FeatureService serves feature views: online vectors computed as of the request time and
+    point-in-time correct training sets, both from one declarative definition per view.
+    """
 
     @_abc_1.abstractmethod
     def GetOnlineFeatures(
@@ -61,7 +71,9 @@ class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _feature_pb2.GetOnlineFeaturesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_feature_pb2.GetOnlineFeaturesResponse, _abc.Awaitable[_feature_pb2.GetOnlineFeaturesResponse]]:
-        """GetOnlineFeatures returns the latest values of a feature view for some entities."""
+        """GetOnlineFeatures returns a view's feature vector for a batch of entities, in the model's
+        column order, with window aggregates as of the request time.
+        """
 
     @_abc_1.abstractmethod
     def BuildTrainingSet(
