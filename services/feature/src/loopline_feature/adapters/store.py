@@ -1,17 +1,31 @@
-"""Offline log, online table and labels in Postgres (schema ``feature``)."""
+"""The event log, the online rows and the label log in Postgres (schema ``feature``).
+
+* ``events``: every source event a view has seen, keyed by (view, event id), with the values the view
+  reads and whether it was admitted (not later than the allowed lateness on arrival). The offline
+  builder computes from it.
+* ``online``: per (view, entity) the admitted events of the retention horizon, in time order, and
+  the entity's watermark (its newest event time). The online path computes from it.
+* ``label_log``: labels by (dataset, event id, label time); a correction is a new row, so a training
+  set as of T takes, per event, the newest label known by T.
+
+Times are float8 epoch seconds, so both paths see exactly the same instants.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
 
 import asyncpg
-import numpy as np
 from loopline_core.db import Migration
+from loopline_core.labels import Label
 
-from loopline_feature.domain.features import History, Timeline, compute
+from loopline_feature.domain.training import Row
+from loopline_feature.domain.views import Event, FeatureView, Timeline
 
 SCHEMA = "feature"
-MIGRATIONS = [Migration(1, "log_online_labels", """
+MIGRATIONS = [
+    Migration(1, "log_online_labels", """
     create table offline_log (
         event_id text primary key, customer_id text not null, event_time timestamptz not null,
         amount double precision not null, features double precision[] not null,
@@ -22,116 +36,128 @@ MIGRATIONS = [Migration(1, "log_online_labels", """
         mean_amount_24h double precision not null, event_time timestamptz not null);
     create table labels (
         event_id text primary key, label double precision not null, labelled_at timestamptz not null);
-""")]
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    """What the feature view reads from a valid transaction."""
-
-    event_id: str
-    customer_id: str
-    event_time: float
-    amount: float
-    merchant_category: str
+"""),
+    # Feature views: the log keeps source values (not computed features), so late events reach every
+    # row they affect and a new view version recomputes from the same events (refill with replay).
+    Migration(2, "views_events_label_log", """
+    drop table offline_log;
+    drop table online;
+    create table events (
+        view text not null, event_id text not null, entity_id text not null,
+        event_time double precision not null, numbers double precision[] not null, strings jsonb not null,
+        admitted boolean not null, arrived_at timestamptz not null default clock_timestamp(),
+        primary key (view, event_id));
+    create index events_entity_time on events (view, entity_id, event_time) where admitted;
+    create table online (
+        view text not null, entity_id text not null, watermark double precision not null,
+        times double precision[] not null, numbers double precision[] not null,
+        primary key (view, entity_id));
+    create table label_log (
+        dataset text not null, event_id text not null, labelled_at double precision not null,
+        label double precision not null, received_at timestamptz not null default clock_timestamp(),
+        primary key (dataset, event_id, labelled_at));
+    insert into label_log(dataset, event_id, labelled_at, label)
+        select 'transactions', event_id, extract(epoch from labelled_at), label from labels;
+    drop table labels;
+"""),
+]
 
 
 class FeatureStore:
-    def __init__(self, pool: asyncpg.Pool, window_days: float) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.window_s = window_days * 86400.0
 
-    async def history(self, conn: asyncpg.Connection, customer_id: str, before: float) -> History:
-        row = await conn.fetchrow(
-            "select count(*) n, coalesce(avg(amount), 0) m, coalesce(extract(epoch from max(event_time)), 0) t "
-            "from offline_log where customer_id=$1 "
-            "and event_time < to_timestamp($2) and event_time >= to_timestamp($2) - make_interval(secs => $3)",
-            customer_id, before, self.window_s)
-        return History(int(row["n"]), float(row["m"]), float(row["t"]))
-
-    async def record(self, events: list[Transaction]) -> int:
-        """Log each new event's features (keyed by event id) and refresh its customer's online row, the
-        whole batch in one transaction and a handful of statements; returns how many were new (a
+    async def record(self, view: FeatureView, events: Sequence[Event]) -> int:
+        """Log each new event (keyed by view and event id) and fold the admitted ones into their
+        entities' online rows, the whole batch in one transaction; returns how many were new (a
         redelivery changes nothing).
 
-        Each event's features see only the customer's transactions strictly before it (already logged
-        or earlier in this batch), so the result is the same as logging the events one by one in time
-        order. Customers are locked in sorted order, so replicas that ever share one cannot deadlock.
+        Events are taken in batch (arrival) order: an event older than its entity's watermark by more
+        than the allowed lateness is logged but admitted nowhere, online or offline. Entities are
+        locked in sorted order, so replicas that ever share one cannot deadlock.
         """
-        # Postgres keeps microseconds: compare times as it will store them.
-        batch = {e.event_id: Transaction(e.event_id, e.customer_id, round(e.event_time, 6), e.amount,
-                                         e.merchant_category) for e in reversed(events)}
+        batch: dict[str, Event] = {}
+        for e in events:
+            batch.setdefault(e.event_id, e)
+        entities = sorted({e.entity_id for e in batch.values()})
+        width = len(view.numbers)
         async with self.pool.acquire() as conn, conn.transaction():
-            customers = sorted({e.customer_id for e in batch.values()})
-            await conn.execute("select count(pg_advisory_xact_lock(hashtext('feature/' || c))) "
-                               "from (select unnest($1::text[]) c order by 1) s", customers)
+            await conn.execute("select count(pg_advisory_xact_lock(hashtext($1 || '/' || e))) "
+                               "from (select unnest($2::text[]) e order by 1) s", view.ref, entities)
             logged = {r["event_id"] for r in await conn.fetch(
-                "select event_id from offline_log where event_id = any($1::text[])", list(batch))}
+                "select event_id from events where view = $1 and event_id = any($2::text[])", view.ref, list(batch))}
             new = [e for e in batch.values() if e.event_id not in logged]
             if not new:
                 return 0
-            lo = min(e.event_time for e in new) - self.window_s
-            hi = max(e.event_time for e in new) + 1e-6
-            rows: dict[str, list[tuple[float, float]]] = {c: [] for c in customers}
-            for r in await conn.fetch(
-                    "select customer_id, extract(epoch from event_time)::float8 t, amount from offline_log "
-                    "where customer_id = any($1::text[]) and event_time >= to_timestamp($2) "
-                    "and event_time < to_timestamp($3)", customers, lo, hi):
-                rows[r["customer_id"]].append((r["t"], r["amount"]))
+            state: dict[str, tuple[float | None, Timeline]] = {
+                r["entity_id"]: (r["watermark"], Timeline.ordered(list(r["times"]), list(r["numbers"]), width))
+                for r in await conn.fetch("select entity_id, watermark, times, numbers from online "
+                                          "where view = $1 and entity_id = any($2::text[])", view.ref, entities)}
+            admitted = []
+            touched: set[str] = set()
             for e in new:
-                rows[e.customer_id].append((e.event_time, e.amount))
-            timelines = {c: Timeline(r) for c, r in rows.items()}
-            features = [compute(e.amount, e.event_time, e.merchant_category,
-                                timelines[e.customer_id].before(e.event_time, self.window_s)) for e in new]
-            await conn.execute(
-                "insert into offline_log(event_id, customer_id, event_time, amount, features) "
-                "select e, c, to_timestamp(t), a, f::float8[] "
-                "from unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[]) as u(e, c, t, a, f) "
-                "on conflict do nothing",
-                [e.event_id for e in new], [e.customer_id for e in new], [e.event_time for e in new],
-                [e.amount for e in new], ["{" + ",".join(map(repr, f)) + "}" for f in features])
-            latest: dict[str, Transaction] = {}
-            for e in new:
-                if e.customer_id not in latest or e.event_time >= latest[e.customer_id].event_time:
-                    latest[e.customer_id] = e
-            after = {c: timelines[c].before(e.event_time + 1e-6, self.window_s) for c, e in latest.items()}
-            await conn.execute(
-                "insert into online(customer_id, txn_count_24h, mean_amount_24h, event_time) "
-                "select c, n, m, to_timestamp(t) from unnest($1::text[], $2::float8[], $3::float8[], $4::float8[]) "
-                "as u(c, n, m, t) on conflict (customer_id) do update set "
-                "txn_count_24h=excluded.txn_count_24h, mean_amount_24h=excluded.mean_amount_24h, "
-                "event_time=excluded.event_time where online.event_time <= excluded.event_time",
-                list(latest), [float(after[c].count) for c in latest], [after[c].mean_amount for c in latest],
-                [latest[c].event_time for c in latest])
+                watermark, timeline = state.get(e.entity_id) or (None, Timeline(width=width))
+                ok = view.admits(watermark, e.event_time)
+                admitted.append(ok)
+                if ok:
+                    timeline.add(e.event_time, e.numbers)
+                    watermark = e.event_time if watermark is None else max(watermark, e.event_time)
+                    touched.add(e.entity_id)
+                state[e.entity_id] = (watermark, timeline)
+            await conn.executemany(
+                "insert into events(view, event_id, entity_id, event_time, numbers, strings, admitted) "
+                "values ($1, $2, $3, $4, $5, $6::jsonb, $7) on conflict do nothing",
+                [(view.ref, e.event_id, e.entity_id, e.event_time, list(e.numbers), json.dumps(e.strings), ok)
+                 for e, ok in zip(new, admitted, strict=True)])
+            rows = []
+            for entity in sorted(touched):
+                watermark, timeline = state[entity]
+                assert watermark is not None
+                timeline.trim(watermark - view.retention_s)
+                rows.append((view.ref, entity, watermark, timeline.times, timeline.flat()))
+            await conn.executemany(
+                "insert into online(view, entity_id, watermark, times, numbers) values ($1, $2, $3, $4, $5) "
+                "on conflict (view, entity_id) do update set watermark = excluded.watermark, "
+                "times = excluded.times, numbers = excluded.numbers", rows)
         return len(new)
 
-    async def label(self, labels: list[tuple[str, float, float]]) -> None:
-        """Upsert ``(event_id, label, labelled_at)`` rows in one statement (the last label of an id wins)."""
-        latest = {event_id: (label, at) for event_id, label, at in labels}
-        await self.pool.execute(
-            "insert into labels(event_id, label, labelled_at) "
-            "select e, l, to_timestamp(t) from unnest($1::text[], $2::float8[], $3::float8[]) as u(e, l, t) "
-            "on conflict (event_id) do update set label=excluded.label",
-            list(latest), [v[0] for v in latest.values()], [v[1] for v in latest.values()])
+    async def online(self, view: FeatureView, entity_ids: Sequence[str]) -> dict[str, Timeline]:
+        """The online timelines of some entities (absent: no admitted event within the retention)."""
+        width = len(view.numbers)
+        rows = await self.pool.fetch("select entity_id, times, numbers from online "
+                                     "where view = $1 and entity_id = any($2::text[])", view.ref, entity_ids)
+        return {r["entity_id"]: Timeline.ordered(r["times"], r["numbers"], width) for r in rows}
 
-    async def online(self, customer_ids: list[str]) -> dict[str, tuple[list[float], float]]:
-        rows = await self.pool.fetch("select customer_id, txn_count_24h, mean_amount_24h, "
-                                     "extract(epoch from event_time) t from online where customer_id = any($1)",
-                                     customer_ids)
-        return {r["customer_id"]: ([r["txn_count_24h"], r["mean_amount_24h"]], float(r["t"])) for r in rows}
+    async def label(self, labels: Sequence[Label]) -> None:
+        """Record labels by (dataset, event id, label time) in one statement; a redelivery overwrites
+        its own row with the same value, a correction (a later label time) adds one."""
+        await self.pool.executemany(
+            "insert into label_log(dataset, event_id, labelled_at, label) values ($1, $2, $3, $4) "
+            "on conflict (dataset, event_id, labelled_at) do update set label = excluded.label",
+            [(lb.dataset, lb.event_id, lb.labelled_at, lb.value) for lb in labels])
 
-    async def as_of(self, customer_ids: list[str], t: float) -> dict[str, History]:
-        async with self.pool.acquire() as conn:
-            return {c: await self.history(conn, c, t) for c in customer_ids}
-
-    async def training_set(self, as_of: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def labelled(self, view: FeatureView, as_of: float) -> list[Row]:
+        """The view's events at or before ``as_of`` that carry a label known at ``as_of`` (by label
+        time), each with the newest such label; in event-time order."""
         rows = await self.pool.fetch(
-            "select o.features, l.label, extract(epoch from o.event_time) t from offline_log o join labels l "
-            "using (event_id) where $1::double precision is null or o.event_time <= to_timestamp($1) "
-            "order by o.event_time, o.event_id", as_of)
-        if not rows:
-            return np.zeros((0, 0), np.float32), np.zeros(0, np.float32), np.zeros(0)
-        x = np.asarray([r["features"] for r in rows], dtype=np.float32)
-        y = np.asarray([r["label"] for r in rows], dtype=np.float32)
-        t = np.asarray([r["t"] for r in rows], dtype=np.float64)
-        return x, y, t
+            "with known as (select distinct on (event_id) event_id, label, labelled_at from label_log "
+            "  where dataset = $2 and labelled_at <= $3 order by event_id, labelled_at desc) "
+            "select e.event_id, e.entity_id, e.event_time, e.numbers, e.strings, k.label, k.labelled_at "
+            "from known k join events e on e.view = $1 and e.event_id = k.event_id "
+            "where e.event_time <= $3 order by e.event_time, e.event_id", view.ref, view.source, as_of)
+        return [Row(r["event_id"], r["entity_id"], r["event_time"], r["labelled_at"], r["label"], tuple(r["numbers"]),
+                    tuple(json.loads(r["strings"]))) for r in rows]
+
+    async def history(self, view: FeatureView, entity_ids: Sequence[str], lo: float, hi: float) -> dict[str, Timeline]:
+        """Every admitted event of some entities with event time in ``[lo, hi)``, as timelines."""
+        width = len(view.numbers)
+        found: dict[str, tuple[list[float], list[list[float]]]] = {}
+        for r in await self.pool.fetch(
+                "select entity_id, event_time, numbers from events where view = $1 and admitted "
+                "and entity_id = any($2::text[]) and event_time >= $3 and event_time < $4",
+                view.ref, entity_ids, lo, hi):
+            times, columns = found.setdefault(r["entity_id"], ([], [[] for _ in range(width)]))
+            times.append(r["event_time"])
+            for column, value in zip(columns, r["numbers"], strict=True):
+                column.append(value)
+        return {e: Timeline(times, columns, width) for e, (times, columns) in found.items()}
