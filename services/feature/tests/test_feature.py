@@ -1,98 +1,191 @@
-"""Feature service as its own process: offline log, online values, point-in-time training sets."""
+"""The feature service as its own process: online vectors as of the request time, late events,
+point-in-time training sets with late labels, and the skew test (online == offline)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-import math
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 
 import grpc
-import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from loopline.feature.v1 import feature_pb2 as pb
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline.ingest.v1.envelope_pb2 import EventIngested
+from loopline.labels.v1.label_pb2 import Label
 from loopline_core.events import metadata, timestamp
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.objstore import ObjectStore
-from loopline_feature.domain.features import FEATURE_NAMES, History, compute
 from loopline_stack.services import ServiceSet
 
 T0 = 1795341600.0  # 2026-11-22 10:00 UTC
+H = 3600.0
+AGGS = ["txn_count_1h", "txn_count_24h", "mean_amount_24h", "sum_amount_24h", "txn_count_7d", "max_amount_7d",
+        "std_amount_7d"]
 
 
-def test_one_definition_for_both_paths() -> None:
-    night = compute(100.0, T0 - 7 * 3600, "gift_cards", History(2, 40.0))  # 03:00 UTC
-    assert night == [100.0, math.log1p(100.0), 2.0, 40.0, 100.0 / 41.0, 1.0, 1.0]
-    assert compute(5.0, T0, "grocery", History(0, 0.0))[5:] == [0.0, 0.0]
-
-
-async def _until(check: Callable[[], object], timeout: float = 30.0) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
     async with asyncio.timeout(timeout):
-        while not await check():  # type: ignore[misc]
+        while not await check():
             await asyncio.sleep(0.2)
 
 
-async def test_log_online_values_and_training_set(isolated: dict[str, str], services: Callable[..., ServiceSet],
-                                                  publisher: Publisher) -> None:
+def _txn(event_id: str, customer: str, t: float, amount: float, category: str = "grocery") -> bytes:
+    payload = {"customer_id": customer, "amount": amount, "merchant_category": category, "ts": t}
+    return EventIngested(metadata=metadata("test", event_id), dataset="transactions", event_time=timestamp(t),
+                         content_type="application/json", payload=json.dumps(payload).encode()).SerializeToString()
+
+
+def _req(entities: list[str], t: float | None = None, features: list[str] | None = None,
+         rows: list[pb.RequestRow] | None = None, view: str = "transactions") -> pb.GetOnlineFeaturesRequest:
+    r = pb.GetOnlineFeaturesRequest(feature_view=view, entity_ids=entities, features=features or [],
+                                    request=rows or [])
+    if t is not None:
+        r.as_of.CopyFrom(timestamp(t))
+    return r
+
+
+async def _read_set(isolated: dict[str, str], uri: str) -> dict[str, list]:
+    store = ObjectStore(isolated["LOOPLINE_S3_ENDPOINT"], isolated["LOOPLINE_S3_ACCESS_KEY"],
+                        isolated["LOOPLINE_S3_SECRET_KEY"])
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return pq.read_table(io.BytesIO(await store.get_bytes(bucket, key))).to_pydict()
+
+
+async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, str],
+                                                           services: Callable[..., ServiceSet],
+                                                           publisher: Publisher) -> None:
     svc = services("feature")
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
-    amounts = [10.0, 20.0, 30.0, 1000.0]
-    for i, amount in enumerate(amounts):
-        payload = {"customer_id": "c1", "amount": amount, "merchant_category": "grocery"}
-        env = EventIngested(metadata=metadata("test", f"e{i}"), dataset="transactions",
-                            event_time=timestamp(T0 + i * 3600), payload=json.dumps(payload).encode())
-        await publisher.publish(namer.valid("transactions"), env.SerializeToString(), key="c1")
-        if i == 1:  # a redelivered event must not count twice
-            await publisher.publish(namer.valid("transactions"), env.SerializeToString(), key="c1")
-    for i in (0, 1, 3):
-        await publisher.publish(namer.labels("transactions"), json.dumps({"event_id": f"e{i}", "label": int(i == 3)})
-                                .encode(), key=f"e{i}")
-    await publisher.publish(namer.labels("transactions"), b'{"label": 1}', key="x")  # no event id: dead letter
+    topic = namer.valid("transactions")
+    for i, amount in enumerate([10.0, 20.0, 30.0]):
+        await publisher.publish(topic, _txn(f"e{i}", "c1", T0 + i * H, amount), key="c1")
+    await publisher.publish(topic, _txn("e1", "c1", T0 + H, 20.0), key="c1")  # redelivered: counts once
+    await publisher.publish(topic, _txn("late", "c1", T0 + 1.5 * H, 50.0), key="c1")  # 30 min late: admitted
+    await publisher.publish(topic, _txn("too-late", "c1", T0 - 2 * H, 999.0), key="c1")  # 4 h late: nowhere
+    await publisher.publish(topic, b"\x00not a protobuf", key="c1")  # dead letter, the rest flows
 
     async with grpc.aio.insecure_channel(svc.addr("feature")) as ch:
         stub = feature_pb2_grpc.FeatureServiceStub(ch)
 
-        async def online_count() -> bool:
-            r = await stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(feature_view="transactions",
-                                                                         entity_ids=["c1", "nobody"]))
+        async def seen_all() -> bool:
+            r = await stub.GetOnlineFeatures(_req(["c1"], T0 + 3 * H, ["txn_count_24h"]))
             return r.rows[0].values[0] == 4.0
 
-        await _until(online_count)
-        r = await stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(feature_view="transactions",
-                                                                     entity_ids=["c1", "nobody"]))
-        assert list(r.feature_names) == ["txn_count_24h", "mean_amount_24h"]
-        assert list(r.rows[0].values) == [4.0, 265.0] and r.rows[0].found
-        assert not r.rows[1].found
-        # as of the 4th event's time, the window holds only the three before it
-        r = await stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(
-            feature_view="transactions", entity_ids=["c1"], as_of=timestamp(T0 + 3 * 3600)))
-        assert list(r.rows[0].values) == [3.0, 20.0]
+        await _until(seen_all)
+        r = await stub.GetOnlineFeatures(_req(["c1", "nobody"], T0 + 2 * H + 60, AGGS))
+        assert list(r.feature_names) == AGGS and r.feature_view == "transactions:1"
+        assert list(r.rows[0].values)[:5] == [2.0, 4.0, 27.5, 110.0, 4.0], "the late 50 counts, the too-late 999 not"
+        assert r.rows[0].values[5] == 50.0 and r.rows[0].found
+        assert r.rows[0].event_time.ToNanoseconds() / 1e9 == pytest.approx(T0 + 2 * H)
+        assert not r.rows[1].found and list(r.rows[1].values) == [0.0] * 7
+        # the window slides with the request time: 25 h later only the 1.5 h and 2 h events are within 24 h
+        r = await stub.GetOnlineFeatures(_req(["c1"], T0 + 25 * H + 60, ["txn_count_24h", "txn_count_7d"]))
+        assert list(r.rows[0].values) == [2.0, 4.0]
+        # the model's vector, with the transaction being scored as the request row (03:00 UTC is night)
+        night = T0 - 7 * H + 86400
+        row = pb.RequestRow(numbers={"amount": 100.0}, strings={"merchant_category": "gift_cards"})
+        r = await stub.GetOnlineFeatures(_req(["c1"], night, rows=[row]))
+        assert list(r.feature_names)[:3] == ["amount", "log_amount", "txn_count_24h"]
+        assert r.rows[0].values[0] == 100.0 and r.rows[0].values[2] == 4.0
+        assert r.rows[0].values[4] == pytest.approx(100.0 / (27.5 + 1.0)) and list(r.rows[0].values)[5:] == [1.0, 1.0]
 
-        async def labelled() -> bool:
+        bad = [(_req(["c1"], view="nope"), grpc.StatusCode.NOT_FOUND),
+               (_req(["c1"], view="transactions:9"), grpc.StatusCode.NOT_FOUND),
+               (_req([]), grpc.StatusCode.INVALID_ARGUMENT),
+               (_req([""]), grpc.StatusCode.INVALID_ARGUMENT),
+               (_req(["x" * 300]), grpc.StatusCode.INVALID_ARGUMENT),
+               (_req([f"c{i}" for i in range(1001)], features=["txn_count_1h"]), grpc.StatusCode.INVALID_ARGUMENT),
+               (_req(["c1"], features=["nope"]), grpc.StatusCode.INVALID_ARGUMENT),
+               (_req(["c1"]), grpc.StatusCode.INVALID_ARGUMENT),  # on-demand features without a request row
+               (_req(["c1", "c2"], rows=[row]), grpc.StatusCode.INVALID_ARGUMENT),
+               (_req(["c1"], rows=[pb.RequestRow(numbers={"amount": float("nan")})]),
+                grpc.StatusCode.INVALID_ARGUMENT)]
+        for request, code in bad:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetOnlineFeatures(request)
+            assert err.value.code() == code, (request, err.value.details())
+
+
+async def test_training_sets_are_point_in_time_and_match_the_online_path(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher) -> None:
+    """The skew test: random events for a few customers, some arriving late, go through the service;
+    every labelled row of the training set equals GetOnlineFeatures as of that row's event time with
+    the event as the request row, to 1e-9. Labels count only when known by the set's as_of."""
+    svc = services("feature")
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    rng = random.Random(11)
+    events = []
+    for i in range(120):
+        t = T0 + rng.uniform(0, 3 * 86400)
+        events.append((f"t{i}", f"c{rng.randrange(4)}", t, round(rng.lognormvariate(3, 1), 2),
+                       rng.choice(["grocery", "crypto", "travel"])))
+    events.sort(key=lambda e: e[2])
+    # a few events arrive up to 50 minutes after later ones of their customer (within the lateness)
+    order = list(range(len(events)))
+    for _ in range(15):
+        i = rng.randrange(len(order) - 3)
+        order[i], order[i + 3] = order[i + 3], order[i]
+    for i in order:
+        eid, c, t, amount, cat = events[i]
+        await publisher.publish(namer.valid("transactions"), _txn(eid, c, t, amount, cat), key=c)
+    as_of = T0 + 3 * 86400 + H
+    for k, (eid, _, t, _, _) in enumerate(events):
+        label = Label(event_id=eid, value=float(k % 5 == 0), dataset="transactions")
+        label.labelled_at.CopyFrom(timestamp(t + 600))
+        await publisher.publish(namer.labels("transactions"), label.SerializeToString(), key=eid,
+                                content_type="application/x-protobuf")
+    # a correction known only after as_of must not reach the set; a JSON label (same decoder) does
+    first = events[0][0]
+    await publisher.publish(namer.labels("transactions"),
+                            json.dumps({"event_id": first, "label": False, "ts": as_of + 60}).encode(), key=first,
+                            content_type="application/json")
+    await publisher.publish(namer.labels("transactions"), b'{"label": 1}', key="x",  # no event id: dead letter
+                            content_type="application/json")
+
+    async with grpc.aio.insecure_channel(svc.addr("feature")) as ch:
+        stub = feature_pb2_grpc.FeatureServiceStub(ch)
+        request = pb.BuildTrainingSetRequest(feature_view="transactions", as_of=timestamp(as_of))
+
+        async def complete() -> bool:
             try:
-                got = await stub.BuildTrainingSet(pb.BuildTrainingSetRequest(feature_view="transactions"))
+                return (await stub.BuildTrainingSet(request)).rows == len(events)
             except grpc.aio.AioRpcError:
                 return False
-            return got.rows == 3
 
-        await _until(labelled)
-        ts = await stub.BuildTrainingSet(pb.BuildTrainingSetRequest(feature_view="transactions"))
-        assert ts.positives == 1 and list(ts.feature_names) == FEATURE_NAMES
-        again = await stub.BuildTrainingSet(pb.BuildTrainingSetRequest(feature_view="transactions"))
-        assert again.digest == ts.digest, "same data, same content address"
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.GetOnlineFeatures(pb.GetOnlineFeaturesRequest(feature_view="nope", entity_ids=["c1"]))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await _until(complete)
+        ts = await stub.BuildTrainingSet(request)
+        assert ts.feature_view == "transactions:1" and ts.manifest_uri.endswith(".manifest.json")
+        again = await stub.BuildTrainingSet(request)
+        assert again.digest == ts.digest and again.uri == ts.uri, "same as_of, same bytes"
+        data = await _read_set(isolated, ts.uri)
+        assert data["event_id"] == [e[0] for e in events], "rows in event-time order"
+        assert data["label"][0] == 1.0, "the correction (to 0) labelled after as_of is not used"
+        assert sum(data["label"]) == ts.positives == sum(1 for k in range(len(events)) if k % 5 == 0)
+        # an earlier as_of: fewer events, and only labels known by then
+        early = await stub.BuildTrainingSet(pb.BuildTrainingSetRequest(feature_view="transactions",
+                                                                       as_of=timestamp(T0 + 86400)))
+        assert early.rows == sum(1 for e in events if e[2] + 600 <= T0 + 86400)
 
-    store = ObjectStore(isolated["LOOPLINE_S3_ENDPOINT"], isolated["LOOPLINE_S3_ACCESS_KEY"],
-                        isolated["LOOPLINE_S3_SECRET_KEY"])
-    bucket, key = ts.uri.removeprefix("s3://").split("/", 1)
-    data = np.load(io.BytesIO(await store.get_bytes(bucket, key)))
-    # point in time: each row's history is only what came before it (the 1000 sees mean 20 of 3 events)
-    x = data["X"]
-    assert x[:, 2].tolist() == [0.0, 1.0, 3.0]
-    assert x[2, 4] == pytest.approx(1000.0 / 21.0)
-    assert data["y"].tolist() == [0.0, 0.0, 1.0]
+        async def corrected() -> bool:  # the correction travels behind the first label on its partition
+            later = await stub.BuildTrainingSet(pb.BuildTrainingSetRequest(feature_view="transactions",
+                                                                           as_of=timestamp(as_of + 120)))
+            return (await _read_set(isolated, later.uri))["label"][0] == 0.0
+
+        await _until(corrected)
+        assert (await stub.BuildTrainingSet(request)).digest == ts.digest, "and the set as of before it is unchanged"
+
+        for k, (eid, c, t, amount, cat) in enumerate(events):
+            row = pb.RequestRow(numbers={"amount": amount}, strings={"merchant_category": cat})
+            online = await stub.GetOnlineFeatures(_req([c], t, rows=[row]))
+            offline = [data[name][k] for name in ts.feature_names]
+            assert list(online.rows[0].values) == pytest.approx(offline, rel=0, abs=1e-9), eid
+
+    manifest = json.loads(await ObjectStore(isolated["LOOPLINE_S3_ENDPOINT"], isolated["LOOPLINE_S3_ACCESS_KEY"],
+                                            isolated["LOOPLINE_S3_SECRET_KEY"])
+                          .get_bytes("loopline-datasets", ts.manifest_uri.split("/", 3)[3]))
+    assert manifest["sha256"] == ts.digest and manifest["rows"] == len(events)
+    assert manifest["feature_names"] == list(ts.feature_names)
