@@ -44,7 +44,8 @@ async def _seed_data(publisher: Publisher, namer: TopicNamer, n: int) -> None:
                             event_time=timestamp(txn["ts"]), payload=json.dumps(txn).encode())
         await publisher.publish(namer.valid("transactions"), env.SerializeToString(), key=txn["customer_id"])
         await publisher.publish(namer.labels("transactions"),
-                                json.dumps({"event_id": txn["event_id"], "label": label}).encode())
+                                json.dumps({"event_id": txn["event_id"], "label": label}).encode(),
+                                content_type="application/json")
 
 
 async def test_a_request_becomes_a_signed_registered_version(

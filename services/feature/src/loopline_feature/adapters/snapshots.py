@@ -34,7 +34,8 @@ def to_parquet(ts: TrainingSet) -> bytes:
         "label": pa.array(ts.labels, pa.float64())}
     for j, name in enumerate(ts.feature_names):
         columns[name] = pa.array([row[j] for row in ts.features], pa.float64())
-    table = pa.table(columns).replace_schema_metadata({"loopline.view": ts.view, "loopline.as_of": repr(ts.as_of)})
+    # No as_of here: two builds that select the same rows are the same set, with the same digest.
+    table = pa.table(columns).replace_schema_metadata({"loopline.view": ts.view})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", write_statistics=True)
     return buf.getvalue()
@@ -49,7 +50,7 @@ async def store(objects: ObjectStore, ts: TrainingSet) -> Snapshot:
     if not await objects.exists(BUCKET, manifest_key):
         await objects.put_bytes(BUCKET, key, data, metadata={"sha256": digest})
         manifest = {"sha256": digest, "bytes": len(data), "rows": len(ts.labels), "positives": ts.positives,
-                    "view": ts.view, "as_of": ts.as_of, "feature_names": ts.feature_names,
+                    "view": ts.view, "first_as_of": ts.as_of, "feature_names": ts.feature_names,
                     "columns": [*FIXED, *ts.feature_names], "uri": f"s3://{BUCKET}/{key}"}
         await objects.put_bytes(BUCKET, manifest_key, json.dumps(manifest, indent=2).encode(),
                                 content_type="application/json")

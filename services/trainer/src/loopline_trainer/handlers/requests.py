@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import platform
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from loopline.registry.v1 import registry_pb2
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
@@ -24,6 +22,7 @@ from loopline_ml.drift import reference
 from loopline_ml.store import fetch_verified, split_uri, upload_signed
 
 from loopline_trainer.adapters.clients import Clients
+from loopline_trainer.adapters.datasets import training_arrays
 from loopline_trainer.domain.training import evaluate, time_split, train
 from loopline_trainer.metrics import RUNS, TRAIN_SECONDS
 
@@ -75,12 +74,11 @@ class TrainingHandler:
     async def _train(self, req: TrainingRequested, run_id: str) -> registry_pb2.ModelVersion:
         ts = await self.clients.training_set(req.dataset or "transactions")
         bucket, key = split_uri(ts.uri)
-        data = np.load(io.BytesIO(await self.objects.get_bytes(bucket, key)))
-        x, y = data["X"], data["y"]
+        names = list(ts.feature_names)
+        x, y = training_arrays(await self.objects.get_bytes(bucket, key), names, ts.digest)
         window = int(req.params.get("window_rows", "0") or 0)
         if window > 0:  # rows are in event-time order: keep the most recent
             x, y = x[-window:], y[-window:]
-        names = [str(n) for n in data["feature_names"]]
         split = time_split(x, y)
         if split.y_train.sum() == 0 or split.y_train.sum() == len(split.y_train) or len(split.y_test) < 10:
             raise invalid(f"training set too small or one-class ({len(y)} rows, "
