@@ -55,7 +55,8 @@ async def test_alert_to_request_to_promotion(isolated: dict[str, str], services:
                 await quiet(bootstrap, namer.training_requests(), expected, wait_s=0, settled=handled)]
 
     async def label(event_id: str) -> None:
-        await publisher.publish(labels, json.dumps({"event_id": event_id, "label": 0}).encode())
+        await publisher.publish(labels, json.dumps({"event_id": event_id, "label": 0}).encode(),
+                                content_type="application/json")
 
     for i in range(3):
         await label(f"old-{i}")  # before the drift: not fresh

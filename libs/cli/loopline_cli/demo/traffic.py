@@ -1,8 +1,9 @@
 """Upstream traffic for the demo and end-to-end tests: transactions, delayed labels, scoring calls.
 
-Each transaction is scored before it is published, as a card authorisation would be: online
-features from the feature service, the rest computed by the same feature definition, then
-``ModelInfer`` over the Open Inference Protocol with Triton's own async client.
+Each transaction is scored before it is published, as a card authorisation would be: the model's
+feature vector from the feature service (``GetOnlineFeatures`` with the transaction as the request
+row), then ``ModelInfer`` over the Open Inference Protocol with Triton's own async client. No feature
+code runs here.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import tritonclient.grpc.aio as triton
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
 from loopline_core.events import timestamp
 from loopline_core.kafka import Publisher, TopicNamer
-from loopline_feature.domain.features import VIEW, History, compute
 from tritonclient.utils import InferenceServerException
 
 from loopline_cli.demo.synth import TransactionStream
+
+VIEW = "transactions"
 
 
 @dataclass
@@ -136,8 +138,10 @@ class Traffic:
         pipeline has logged the last one; in real time it never would. Waiting (briefly) for that
         keeps served features equal to the offline ones the model was trained on.
         """
+        row = feature_pb2.RequestRow(numbers={"amount": float(txn["amount"])},
+                                     strings={"merchant_category": txn["merchant_category"]})
         request = feature_pb2.GetOnlineFeaturesRequest(feature_view=VIEW, entity_ids=[txn["customer_id"]],
-                                                       as_of=timestamp(float(txn["ts"])))
+                                                       as_of=timestamp(float(txn["ts"])), request=[row])
         deadline = time.monotonic() + self.freshness_wait_s
         while True:
             row: feature_pb2.FeatureRow = (await self._features.GetOnlineFeatures(request, timeout=5)).rows[0]
@@ -151,8 +155,7 @@ class Traffic:
         try:
             row = await self._fresh_features(txn, previous)
             started = time.perf_counter()
-            x = np.asarray([compute(float(txn["amount"]), float(txn["ts"]), txn["merchant_category"],
-                                    History(int(row.values[0]), float(row.values[1])))], dtype=np.float32)
+            x = np.asarray([row.values], dtype=np.float32)
             inp = triton.InferInput("features", list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
             result = await self._triton.infer(self.model, [inp], outputs=[triton.InferRequestedOutput("score")],

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
-from loopline_core.errors import invalid
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Record, TopicNamer
 from loopline_core.kafka.codec import proto
+from loopline_core.labels import decode_label
 from loopline_core.outbox import OutboxEvent, Relay
 
 from loopline_retrainer.adapters.registry import RegistryClient
@@ -36,10 +35,8 @@ class RetrainerHandlers:
 
     @staticmethod
     def decode_label(record: Record) -> str:
-        label = json.loads(record.value)
-        if not isinstance(label, dict) or not isinstance(label.get("event_id"), str):
-            raise invalid("a label needs a string event_id")
-        return str(label["event_id"])
+        """The labelled event's id, through the decoder every label consumer shares."""
+        return decode_label(record).event_id
 
     async def on_alert(self, alert: DriftAlertRaised, _record: Record) -> None:
         """Consumes ``loopline.monitor.alerts``; records a pending retraining request.
