@@ -88,12 +88,15 @@ class Transaction(BaseModel):
 
 
 class Label(BaseModel):
-    """A delayed fraud label for a transaction (JSON)."""
+    """A delayed label for an event: this JSON object, or the protobuf ``loopline.labels.v1.Label`` with
+    content type ``application/x-protobuf``; every consumer reads both through ``loopline_core.labels``."""
 
     model_config = ConfigDict(title="label")
-    event_id: str
-    label: float
-    ts: float | None = Field(None, description="when the label became known, epoch seconds")
+    event_id: str = Field(description="the labelled event")
+    label: float | bool
+    ts: float | str | None = Field(None, description="label time (when it became known): epoch seconds, epoch "
+                                                     "milliseconds or zoned ISO-8601; absent: the record's timestamp. "
+                                                     "A training set as of T uses only labels with label time <= T")
 
 
 @dataclass(frozen=True)
