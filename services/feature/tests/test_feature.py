@@ -117,7 +117,7 @@ async def test_training_sets_are_point_in_time_and_match_the_online_path(
     the event as the request row, to 1e-9. Labels count only when known by the set's as_of."""
     svc = services("feature")
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
-    rng = random.Random(11)
+    rng = random.Random(11)  # noqa: S311 - test data, not secrets
     events = []
     for i in range(120):
         t = T0 + rng.uniform(0, 3 * 86400)

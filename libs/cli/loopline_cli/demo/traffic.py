@@ -138,10 +138,10 @@ class Traffic:
         pipeline has logged the last one; in real time it never would. Waiting (briefly) for that
         keeps served features equal to the offline ones the model was trained on.
         """
-        row = feature_pb2.RequestRow(numbers={"amount": float(txn["amount"])},
-                                     strings={"merchant_category": txn["merchant_category"]})
+        scored = feature_pb2.RequestRow(numbers={"amount": float(txn["amount"])},
+                                        strings={"merchant_category": txn["merchant_category"]})
         request = feature_pb2.GetOnlineFeaturesRequest(feature_view=VIEW, entity_ids=[txn["customer_id"]],
-                                                       as_of=timestamp(float(txn["ts"])), request=[row])
+                                                       as_of=timestamp(float(txn["ts"])), request=[scored])
         deadline = time.monotonic() + self.freshness_wait_s
         while True:
             row: feature_pb2.FeatureRow = (await self._features.GetOnlineFeatures(request, timeout=5)).rows[0]
