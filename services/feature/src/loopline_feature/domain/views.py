@@ -16,6 +16,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 AGGREGATES = ("count", "sum", "mean", "min", "max", "std")
@@ -197,17 +198,29 @@ class FeatureView:
         """Every aggregate over ``[t - window, t)``, and the newest event time within the TTL (None:
         nothing within it, so the entity is not found and every aggregate keeps its default)."""
         lo, hi = timeline.span(t, self.ttl_s)
-        latest = timeline.times[hi - 1] if hi > lo else None
+        if hi == lo:
+            return dict.fromkeys(self.aggregate_names, 0.0), None
         out: dict[str, float] = {}
+        times = timeline.times
+        for window, aggs in self._by_window:  # each window's bounds and each column's slice once
+            a, b = bisect_left(times, t - window, lo, hi), hi
+            slices: dict[int, list[float]] = {}
+            for agg in aggs:
+                if agg.field is None:
+                    out[agg.name] = float(b - a)
+                    continue
+                values = slices.get(agg.field)
+                if values is None:
+                    values = slices[agg.field] = timeline.columns[agg.field][a:b]
+                out[agg.name] = _aggregate(agg.fn, values)
+        return out, times[hi - 1]
+
+    @cached_property
+    def _by_window(self) -> list[tuple[float, list[Aggregate]]]:
+        groups: dict[float, list[Aggregate]] = {}
         for agg in self.aggregates:
-            a, b = timeline.span(t, agg.window_s) if latest is not None else (0, 0)
-            n = b - a
-            if agg.fn == "count":
-                out[agg.name] = float(n)
-                continue
-            values = timeline.columns[agg.field][a:b] if n and agg.field is not None else []
-            out[agg.name] = _aggregate(agg.fn, values)
-        return out, latest
+            groups.setdefault(agg.window_s, []).append(agg)
+        return list(groups.items())
 
     def values(self, timeline: Timeline, t: float, request: Request | None, names: Sequence[str]) -> list[float]:
         """The named features of one entity at ``t``."""
