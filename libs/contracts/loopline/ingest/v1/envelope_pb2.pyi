@@ -31,11 +31,14 @@ class EventIngested(_message.Message):
     INGEST_TIME_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    CONTRACT_VERSION_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     source: _builtins.str
     content_type: _builtins.str
     """MIME type of payload: application/json or application/x-protobuf."""
     payload: _builtins.bytes
+    contract_version: _builtins.str
+    """The data contract the record met, as <major>.<minor> (set by the validator on loopline.valid.*)."""
     @_builtins.property
     def metadata(self) -> _metadata_pb2.EventMetadata: ...
     @_builtins.property
@@ -52,10 +55,11 @@ class EventIngested(_message.Message):
         ingest_time: _timestamp_pb2.Timestamp | None = ...,
         content_type: _builtins.str = ...,
         payload: _builtins.bytes = ...,
+        contract_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "ingest_time", b"ingest_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "dataset", b"dataset", "event_time", b"event_time", "ingest_time", b"ingest_time", "metadata", b"metadata", "payload", b"payload", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "contract_version", b"contract_version", "dataset", b"dataset", "event_time", b"event_time", "ingest_time", b"ingest_time", "metadata", b"metadata", "payload", b"payload", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
