@@ -67,6 +67,8 @@ async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, s
     await publisher.publish(topic, _txn("late", "c1", T0 + 1.5 * H, 50.0), key="c1")  # 30 min late: admitted
     await publisher.publish(topic, _txn("too-late", "c1", T0 - 2 * H, 999.0), key="c1")  # 4 h late: nowhere
     await publisher.publish(topic, b"\x00not a protobuf", key="c1")  # dead letter, the rest flows
+    await publisher.publish(topic, _txn("old", "c9", T0, 5.0), key="c9")
+    await publisher.publish(topic, _txn("new", "c9", T0 + 9 * 86400, 7.0), key="c9")  # drops "old" online
 
     async with grpc.aio.insecure_channel(svc.addr("feature")) as ch:
         stub = feature_pb2_grpc.FeatureServiceStub(ch)
@@ -93,7 +95,13 @@ async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, s
         assert r.rows[0].values[0] == 100.0 and r.rows[0].values[2] == 4.0
         assert r.rows[0].values[4] == pytest.approx(100.0 / (27.5 + 1.0)) and list(r.rows[0].values)[5:] == [1.0, 1.0]
 
-        bad = [(_req(["c1"], view="nope"), grpc.StatusCode.NOT_FOUND),
+        async def c9_seen() -> bool:
+            r = await stub.GetOnlineFeatures(_req(["c9"], T0 + 9 * 86400 + 1, ["txn_count_7d", "max_amount_7d"]))
+            return list(r.rows[0].values) == [1.0, 7.0]
+
+        await _until(c9_seen)
+        bad = [(_req(["c9"], T0 + H, ["txn_count_7d"]), grpc.StatusCode.FAILED_PRECONDITION),  # past its horizon
+               (_req(["c1"], view="nope"), grpc.StatusCode.NOT_FOUND),
                (_req(["c1"], view="transactions:9"), grpc.StatusCode.NOT_FOUND),
                (_req([]), grpc.StatusCode.INVALID_ARGUMENT),
                (_req([""]), grpc.StatusCode.INVALID_ARGUMENT),

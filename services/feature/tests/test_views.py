@@ -60,6 +60,12 @@ def test_on_demand_features_need_the_request_row() -> None:
         VIEW.values(tl, T0, Request({"amount": math.nan}, {}), ["amount"])
 
 
+def test_trim_says_whether_it_dropped_anything() -> None:
+    tl = Timeline([T0, T0 + H], [[1.0, 2.0]])
+    assert not tl.trim(T0)
+    assert tl.trim(T0 + 1) and tl.times == [T0 + H] and tl.columns == [[2.0]]
+
+
 def test_lateness_rule() -> None:
     assert VIEW.admits(None, T0)
     assert VIEW.admits(T0, T0 - VIEW.lateness_s)

@@ -3,8 +3,9 @@
 * ``events``: every source event a view has seen, keyed by (view, event id), with the values the view
   reads and whether it was admitted (not later than the allowed lateness on arrival). The offline
   builder computes from it.
-* ``online``: per (view, entity) the admitted events of the retention horizon, in time order, and
-  the entity's watermark (its newest event time). The online path computes from it.
+* ``online``: per (view, entity) the admitted events of the retention horizon, in time order, the
+  entity's watermark (its newest event time) and the horizon (events before it were dropped, so a
+  request whose windows reach back past it cannot be answered online). The online path computes from it.
 * ``label_log``: labels by (dataset, event id, label time); a correction is a new row, so a training
   set as of T takes, per event, the newest label known by T.
 
@@ -14,6 +15,7 @@ Times are float8 epoch seconds, so both paths see exactly the same instants.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import asyncpg
@@ -50,8 +52,8 @@ MIGRATIONS = [
     create index events_entity_time on events (view, entity_id, event_time) where admitted;
     create table online (
         view text not null, entity_id text not null, watermark double precision not null,
-        times double precision[] not null, numbers double precision[] not null,
-        primary key (view, entity_id));
+        horizon double precision not null, times double precision[] not null,
+        numbers double precision[] not null, primary key (view, entity_id));
     create table label_log (
         dataset text not null, event_id text not null, labelled_at double precision not null,
         label double precision not null, received_at timestamptz not null default clock_timestamp(),
@@ -89,10 +91,12 @@ class FeatureStore:
             new = [e for e in batch.values() if e.event_id not in logged]
             if not new:
                 return 0
-            state: dict[str, tuple[float | None, Timeline]] = {
-                r["entity_id"]: (r["watermark"], Timeline.ordered(list(r["times"]), list(r["numbers"]), width))
-                for r in await conn.fetch("select entity_id, watermark, times, numbers from online "
-                                          "where view = $1 and entity_id = any($2::text[])", view.ref, entities)}
+            state: dict[str, tuple[float | None, Timeline]] = {}
+            horizon: dict[str, float] = {}
+            for r in await conn.fetch("select entity_id, watermark, horizon, times, numbers from online "
+                                      "where view = $1 and entity_id = any($2::text[])", view.ref, entities):
+                state[r["entity_id"]] = (r["watermark"], Timeline.ordered(list(r["times"]), list(r["numbers"]), width))
+                horizon[r["entity_id"]] = r["horizon"]
             admitted = []
             touched: set[str] = set()
             for e in new:
@@ -113,20 +117,23 @@ class FeatureStore:
             for entity in sorted(touched):
                 watermark, timeline = state[entity]
                 assert watermark is not None
-                timeline.trim(watermark - view.retention_s)
-                rows.append((view.ref, entity, watermark, timeline.times, timeline.flat()))
+                bound = horizon.get(entity, -math.inf)
+                if timeline.trim(watermark - view.retention_s):
+                    bound = max(bound, watermark - view.retention_s)
+                rows.append((view.ref, entity, watermark, bound, timeline.times, timeline.flat()))
             await conn.executemany(
-                "insert into online(view, entity_id, watermark, times, numbers) values ($1, $2, $3, $4, $5) "
-                "on conflict (view, entity_id) do update set watermark = excluded.watermark, "
-                "times = excluded.times, numbers = excluded.numbers", rows)
+                "insert into online(view, entity_id, watermark, horizon, times, numbers) "
+                "values ($1, $2, $3, $4, $5, $6) on conflict (view, entity_id) do update set "
+                "watermark = excluded.watermark, horizon = excluded.horizon, times = excluded.times, "
+                "numbers = excluded.numbers", rows)
         return len(new)
 
-    async def online(self, view: FeatureView, entity_ids: Sequence[str]) -> dict[str, Timeline]:
-        """The online timelines of some entities (absent: no admitted event within the retention)."""
+    async def online(self, view: FeatureView, entity_ids: Sequence[str]) -> dict[str, tuple[Timeline, float]]:
+        """The online timelines of some entities and their horizons (absent: no admitted event yet)."""
         width = len(view.numbers)
-        rows = await self.pool.fetch("select entity_id, times, numbers from online "
+        rows = await self.pool.fetch("select entity_id, horizon, times, numbers from online "
                                      "where view = $1 and entity_id = any($2::text[])", view.ref, entity_ids)
-        return {r["entity_id"]: Timeline.ordered(r["times"], r["numbers"], width) for r in rows}
+        return {r["entity_id"]: (Timeline.ordered(r["times"], r["numbers"], width), r["horizon"]) for r in rows}
 
     async def label(self, labels: Sequence[Label]) -> None:
         """Record labels by (dataset, event id, label time) in one statement; a redelivery overwrites

@@ -108,13 +108,14 @@ class Timeline:
         for column, value in zip(self.columns, numbers, strict=True):
             column.insert(i, value)
 
-    def trim(self, before: float) -> None:
-        """Forget events older than ``before``."""
+    def trim(self, before: float) -> bool:
+        """Forget events older than ``before``; whether any were."""
         cut = bisect_left(self.times, before)
         if cut:
             del self.times[:cut]
             for column in self.columns:
                 del column[:cut]
+        return cut > 0
 
     def span(self, t: float, window_s: float) -> tuple[int, int]:
         return bisect_left(self.times, t - window_s), bisect_left(self.times, t)

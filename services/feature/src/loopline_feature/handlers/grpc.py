@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -55,11 +56,15 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             raise invalid(f"features {', '.join(names)} include on-demand ones: send one request row per entity")
         t = request.as_of.seconds + request.as_of.nanos / 1e9 if request.HasField("as_of") else time.time()
         timelines = await self.store.online(view, ids)
-        empty = Timeline(width=len(view.numbers))
+        empty = (Timeline(width=len(view.numbers)), -math.inf)
         rows = []
         found = 0
         for i, entity in enumerate(ids):
-            aggs, latest = view.aggregates_at(timelines.get(entity, empty), t)
+            timeline, horizon = timelines.get(entity, empty)
+            if t - view.ttl_s < horizon:
+                raise precondition(f"as_of is older than the online rows of {entity[:64]!r} reach "
+                                   f"(their events since {horizon:.0f}); build a training set for the past")
+            aggs, latest = view.aggregates_at(timeline, t)
             row = request.request[i] if request.request else None
             try:
                 values = view.assemble(aggs, t, Request(row.numbers, row.strings) if row is not None else None, names)
