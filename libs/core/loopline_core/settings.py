@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CONTRACTS = Path(__file__).resolve().parents[3] / "contracts"
+"""The repository's contracts, whatever the working directory of the process."""
 
 
 class CoreSettings(BaseSettings):
@@ -33,6 +37,10 @@ class CoreSettings(BaseSettings):
     otel_endpoint: str = ""
     topic_prefix: str = "loopline"
     """Every topic name starts with this; tests use a unique one per test."""
+    datasets: list[str] = ["transactions"]
+    """The datasets ingest and the validator serve; each needs a contract under ``contracts_dir``."""
+    contracts_dir: Path = _CONTRACTS
+    """Where ``<dataset>/v<major>.json`` data contracts live (default: the repository's ``contracts/``)."""
 
     kafka_max_records: int = 500
     """Most records a hot-path subscriber takes in one batch."""

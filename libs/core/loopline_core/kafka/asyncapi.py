@@ -17,6 +17,7 @@ from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.registry.v1.registry_pb2 import ModelChanged
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
+from loopline.validator.v1.events_pb2 import ValidationFailed
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from loopline_core.kafka.records import (
@@ -120,7 +121,8 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
         out += [
             Channel(namer.raw(d), Transaction, "the entity id (customer_id)", ("upstream producers",), ("ingest",),
                     "application/json", (CONTENT_TYPE, EVENT_ID, "x-loopline-ts-unit", "x-loopline-source"),
-                    "Records that cannot be read go to the dead-letter topic with the reason."),
+                    "Records that cannot be read go to the dead-letter topic with the reason. Binary protobuf "
+                    "(loopline.datasets.v1.Transaction) with content-type application/x-protobuf."),
             Channel(namer.ingested(d), envelope, "the entity id, else the event id", ("ingest",), ("validator",),
                     note="One envelope per new event id (duplicates are dropped)."),
             Channel(namer.valid(d), envelope, "the entity id, else the event id", ("validator",),
@@ -132,6 +134,10 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
                     "The failed record's value unchanged: raw producer bytes when it failed at ingest, the "
                     "envelope when it failed later. Kind `exhausted`: transient failures outlasted the retry "
                     "budget."),
+            Channel(namer.validation_failed(d), proto_model(ValidationFailed.DESCRIPTOR),
+                    "the rejected record's key", ("validator",), ("data owners, alerting",),
+                    note="One event per record the contract rejected (metadata.event_id: the record's event id), "
+                         "with every violation; the record itself goes to the dead-letter topic."),
             Channel(namer.labels(d), Label, "any", ("label producers",), ("feature", "retrainer"),
                     "application/json"),
         ]

@@ -23,6 +23,10 @@ class TopicNamer:
     def dlq(self, dataset: str) -> str:
         return f"{self.prefix}.dlq.{dataset}"
 
+    def validation_failed(self, dataset: str) -> str:
+        """``ValidationFailed`` events: one per record the validator rejected."""
+        return f"{self.prefix}.validation-failed.{dataset}"
+
     def labels(self, dataset: str) -> str:
         return f"{self.prefix}.labels.{dataset}"
 
@@ -61,6 +65,7 @@ class TopicNamer:
         """The topics the local stack creates up front."""
         names = [self.training_requests(), self.training_results(), self.model_events(), self.alerts()]
         for d in datasets:
-            names += [self.raw(d), self.ingested(d), self.valid(d), self.dlq(d), self.labels(d)]
+            names += [self.raw(d), self.ingested(d), self.valid(d), self.dlq(d), self.labels(d),
+                      self.validation_failed(d)]
         names += [self.predictions(m) for m in models]
         return names

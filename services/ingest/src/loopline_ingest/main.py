@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from loopline_core import runtime
+from loopline_core.contracts import Contracts
 from loopline_core.db import create_pool, migrate
 from loopline_core.service import serve_until, start_runtime
 
@@ -18,8 +19,11 @@ async def main(stop: asyncio.Event) -> None:
     rt = await start_runtime("ingest", settings)
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
-    handler = RawHandler(SeenEvents(pool), rt.publisher, rt.namer, settings.ingest_entity_field)
-    rt.subscribe([rt.namer.raw(d) for d in settings.ingest_datasets], handler.decode, handler.on_raw)
+    contracts = Contracts.load(settings.contracts_dir)
+    for dataset in settings.datasets:
+        contracts.current(dataset)  # a dataset without a contract stops the start, not the first record
+    handler = RawHandler(SeenEvents(pool), rt.publisher, rt.namer, contracts)
+    rt.subscribe([rt.namer.raw(d) for d in settings.datasets], handler.decode, handler.on_raw)
     rt.closers.append(pool.close)
     await serve_until(rt, stop)
 

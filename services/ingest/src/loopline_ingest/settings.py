@@ -2,8 +2,5 @@ from loopline_core.settings import CoreSettings
 
 
 class Settings(CoreSettings):
-    """Ingest settings (``LOOPLINE_*``)."""
-
-    ingest_datasets: list[str] = ["transactions"]
-    ingest_entity_field: str = "customer_id"
-    """Payload field used as the Kafka key downstream, so one customer's events stay in order."""
+    """Ingest settings (``LOOPLINE_*``): the datasets it serves are ``LOOPLINE_DATASETS``, and each
+    dataset's contract (``LOOPLINE_CONTRACTS_DIR``) names its entity key, event time and event id."""

@@ -2,6 +2,5 @@ from loopline_core.settings import CoreSettings
 
 
 class Settings(CoreSettings):
-    """Validator settings (``LOOPLINE_*``)."""
-
-    validator_datasets: list[str] = ["transactions"]
+    """Validator settings (``LOOPLINE_*``): the datasets it serves are ``LOOPLINE_DATASETS``, checked
+    against the contracts under ``LOOPLINE_CONTRACTS_DIR``."""

@@ -1,6 +1,13 @@
 """Turning an upstream record into an envelope: event id, event time, entity key. Pure.
 
+The dataset's contract (``contracts/<dataset>/v<major>.json``) names the fields: the entity key,
+the event time and its unit, the event id. Below, ``ts`` and ``event_id`` stand for those.
+
 Input rules (what an upstream producer may send):
+
+* JSON (content type ``application/json``, the default) or, for a dataset whose contract names a
+  message type, binary protobuf (``application/x-protobuf``). The envelope keeps the bytes and the
+  content type as sent. A payload over the contract's cap, or one that does not decode, is refused.
 
 * ``ts`` is epoch seconds, epoch milliseconds, or an ISO-8601 string with a zone. A number is read
   as milliseconds when the header ``x-loopline-ts-unit: ms`` says so, or, with no header, when
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from loopline_core.contracts import Contract
 from loopline_core.errors import invalid
 from loopline_core.events import derived_id
 from loopline_core.jsonx import canonical, loads_strict
@@ -44,53 +52,84 @@ class Envelope:
     entity_id: str
     redriven: bool = False
     """Republished from the dead letters after a fix: forwarded again even though its id was seen."""
+    replay: str | None = None
+    """The ``x-loopline-replay`` header of a record republished from the raw archive: forwarded again
+    even though its id was seen, and the header goes on with it."""
 
 
-def parse_time(value: Any, unit: str | None = None) -> float:
+def parse_time(value: Any, unit: str | None = None, field: str = "ts") -> float:
     """Epoch seconds from epoch seconds, epoch milliseconds or a zoned ISO-8601 string."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise invalid("event time must be a number or an ISO-8601 string", field="ts")
+        raise invalid("event time must be a number or an ISO-8601 string", field=field)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise invalid(f"event time {value[:64]!r} is not ISO-8601", field="ts") from exc
+            raise invalid(f"event time {value[:64]!r} is not ISO-8601", field=field) from exc
         if parsed.tzinfo is None:
-            raise invalid(f"event time {value[:64]!r} has no zone (add Z or an offset)", field="ts")
+            raise invalid(f"event time {value[:64]!r} has no zone (add Z or an offset)", field=field)
         seconds = parsed.timestamp()
     else:
+        if unit == "iso":
+            raise invalid("event time must be an ISO-8601 string", field=field)
         if unit not in (None, "s", "ms"):
-            raise invalid(f"x-loopline-ts-unit must be s or ms, not {unit[:16]!r}", field="ts")
-        number = float(value)
+            raise invalid(f"x-loopline-ts-unit must be s or ms, not {unit[:16]!r}", field=field)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise invalid(f"event time {str(value)[:32]}... is outside 1970..2100", field=field) from None
         if not math.isfinite(number):
-            raise invalid("event time must be finite", field="ts")
+            raise invalid("event time must be finite", field=field)
         millis = unit == "ms" or (unit is None and abs(number) >= MS_THRESHOLD)
         seconds = number / 1000.0 if millis else number
     if not MIN_TIME <= seconds < MAX_TIME:
-        raise invalid(f"event time {value!r} is outside 1970..2100", field="ts")
+        raise invalid(f"event time {str(value)[:64]!r} is outside 1970..2100", field=field)
     return seconds
 
 
-def _event_id(header: str | None, payload: dict[str, Any], dataset: str) -> str:
-    given = header if header is not None else payload.get("event_id")
+def _event_id(header: str | None, payload: dict[str, Any], dataset: str, field: str | None) -> str:
+    given = header if header is not None else payload.get(field) if field is not None else None
     if given is None:
         return derived_id(dataset, canonical(payload))
     if not isinstance(given, str) or not given.strip() or len(given) > MAX_ID_LENGTH:
-        raise invalid(f"event_id must be a non-empty string of at most {MAX_ID_LENGTH} characters",
-                      field="event_id")
+        raise invalid(f"{field or 'event_id'} must be a non-empty string of at most {MAX_ID_LENGTH} characters",
+                      field=field or "event_id")
     return given
+
+
+_UNITS = {"auto": None, "s": "s", "ms": "ms", "iso": "iso"}
+
+
+def wrap(contract: Contract, source: str, raw: bytes, now: float | None = None, *, content_type: str | None = None,
+         event_id: str | None = None, ts_unit: str | None = None, redriven: bool = False,
+         replay: str | None = None) -> Envelope:
+    """Envelope one record of ``contract``'s dataset (see the module docstring for the rules);
+    ``ts_unit`` (the header) overrides the contract's unit for a numeric event time."""
+    payload = contract.decode(content_type, raw)
+    kind = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    return _wrap(contract.dataset, source, raw, payload, kind, now, entity_field=contract.entity_field,
+                 time_field=contract.event_time_field, id_field=contract.event_id_field,
+                 event_id=event_id, ts_unit=ts_unit if ts_unit is not None else _UNITS[contract.ts_unit],
+                 redriven=redriven, replay=replay)
 
 
 def wrap_json(dataset: str, source: str, raw: bytes, entity_field: str, now: float | None = None, *,
               event_id: str | None = None, ts_unit: str | None = None, redriven: bool = False) -> Envelope:
-    """Envelope one JSON record (see the module docstring for the rules)."""
+    """Envelope one JSON record with the default field names (``ts``, ``event_id``) and no contract."""
     payload = loads_strict(raw)
     if not isinstance(payload, dict):
         raise invalid("a record must be a JSON object")
-    eid = _event_id(event_id, payload, dataset)
+    return _wrap(dataset, source, raw, payload, "application/json", now, entity_field=entity_field,
+                 time_field="ts", id_field="event_id", event_id=event_id, ts_unit=ts_unit, redriven=redriven)
+
+
+def _wrap(dataset: str, source: str, raw: bytes, payload: dict[str, Any], content_type: str, now: float | None, *,
+          entity_field: str, time_field: str, id_field: str | None, event_id: str | None, ts_unit: str | None,
+          redriven: bool, replay: str | None = None) -> Envelope:
+    eid = _event_id(event_id, payload, dataset, id_field)
     ingest_time = time.time() if now is None else now
-    event_time = parse_time(payload["ts"], ts_unit) if "ts" in payload else ingest_time
+    event_time = parse_time(payload[time_field], ts_unit, time_field) if time_field in payload else ingest_time
     entity = payload.get(entity_field, "")
     if isinstance(entity, dict | list):
         raise invalid(f"{entity_field} must be a string or a number", field=entity_field)
-    return Envelope(eid, dataset, source, event_time, ingest_time, "application/json", raw, str(entity), redriven)
+    return Envelope(eid, dataset, source, event_time, ingest_time, content_type, raw, str(entity), redriven, replay)

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 from loopline.ingest.v1.envelope_pb2 import EventIngested
+from loopline_core.contracts import Contracts
+from loopline_core.errors import LooplineError, invalid
 from loopline_core.events import timestamp
 from loopline_core.kafka import Item, Publisher, Record, TopicNamer
-from loopline_core.kafka.records import EVENT_ID, REDRIVEN_FROM, SOURCE, TS_UNIT
+from loopline_core.kafka.records import CONTENT_TYPE, EVENT_ID, REDRIVEN_FROM, REPLAY, SOURCE, TS_UNIT
 
 from loopline_ingest.adapters.dedupe import SeenEvents
-from loopline_ingest.domain.envelope import Envelope, wrap_json
+from loopline_ingest.domain.envelope import Envelope, wrap
 from loopline_ingest.metrics import DUPLICATES, INGESTED
 
 
 class RawHandler:
-    def __init__(self, seen: SeenEvents, publisher: Publisher, namer: TopicNamer, entity_field: str) -> None:
+    def __init__(self, seen: SeenEvents, publisher: Publisher, namer: TopicNamer, contracts: Contracts) -> None:
         self.seen = seen
         self.publisher = publisher
         self.namer = namer
-        self.entity_field = entity_field
+        self.contracts = contracts
 
     def decode(self, record: Record) -> Envelope:
-        """Envelope one raw record; anything wrong with it raises and sends it to the dead letters."""
+        """Envelope one raw record with its dataset's current contract (field names, event-time unit,
+        payload cap, JSON or protobuf by the ``content-type`` header); anything wrong with it raises
+        and sends it to the dead letters."""
         dataset = record.topic.rsplit(".", 1)[-1]
-        return wrap_json(dataset, record.header(SOURCE) or record.topic, record.value, self.entity_field,
-                         event_id=record.header(EVENT_ID), ts_unit=record.header(TS_UNIT),
-                         redriven=record.header(REDRIVEN_FROM) is not None)
+        try:
+            contract = self.contracts.current(dataset)
+        except LooplineError as exc:
+            raise invalid(exc.message) from exc
+        return wrap(contract, record.header(SOURCE) or record.topic, record.value,
+                    content_type=record.header(CONTENT_TYPE), event_id=record.header(EVENT_ID),
+                    ts_unit=record.header(TS_UNIT), redriven=record.header(REDRIVEN_FROM) is not None,
+                    replay=record.header(REPLAY))
 
     async def on_raw(self, items: list[Item[Envelope]]) -> None:
         """Consumes ``loopline.raw.<dataset>``; emits one EventIngested per new event id.
@@ -37,19 +46,21 @@ class RawHandler:
         batch: dict[str, Envelope] = {}
         for item in items:
             batch.setdefault(item.value.event_id, item.value)
-        # A redriven record failed after ingest had forwarded (and marked) it, so it goes out again;
-        # it keeps its event id, so sinks that already hold it do not take it twice.
-        seen = await self.seen.seen([eid for eid, env in batch.items() if not env.redriven])
+        # A redriven record failed after ingest had forwarded (and marked) it, and a replayed one is
+        # republished from the raw archive on purpose, so they go out again; they keep their event id,
+        # so sinks that already hold them do not take them twice.
+        seen = await self.seen.seen([eid for eid, env in batch.items() if not (env.redriven or env.replay)])
         new = [env for eid, env in batch.items() if eid not in seen]
-        by_dataset: dict[str, list[Envelope]] = {}
+        groups: dict[tuple[str, str | None], list[Envelope]] = {}
         for env in new:
-            by_dataset.setdefault(env.dataset, []).append(env)
-        for dataset, envs in by_dataset.items():
+            groups.setdefault((env.dataset, env.replay), []).append(env)
+        for (dataset, replay), envs in groups.items():
             await self.publisher.publish_batch(
                 self.namer.ingested(dataset), [(env.entity_id or env.event_id, _envelope(env)) for env in envs],
+                headers=[(REPLAY, replay)] if replay is not None else (),
                 message_type="loopline.ingest.v1.EventIngested")
         await self.seen.mark([(env.event_id, env.dataset) for env in new])
-        for dataset, envs in by_dataset.items():
+        for (dataset, _), envs in groups.items():
             INGESTED.labels(dataset).inc(len(envs))
         if len(new) < len(items):
             DUPLICATES.labels(items[0].value.dataset).inc(len(items) - len(new))
