@@ -14,6 +14,7 @@ from loopline_stack.stack import StackConfig
 from rich.console import Console
 from rich.table import Table
 
+from loopline_cli.contracts import contracts_app
 from loopline_cli.dlq import dlq_app
 from loopline_cli.docs import docs_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_h
 stack_app = typer.Typer(help="The local stack: Kafka-protocol broker, PostgreSQL, S3 store.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(contracts_app, name="contracts")
 app.add_typer(docs_app, name="docs")
 console = Console(stderr=True)
 
