@@ -178,7 +178,7 @@ def test_unknown_fields_rejected_or_dropped_as_the_contract_says(tmp_path: Path)
 # --- decoding ------------------------------------------------------------------------------------
 
 def test_json_and_protobuf_payloads_decode_to_the_same_record(v1: Contract) -> None:
-    proto = Transaction(**{k: v for k, v in GOOD.items()})  # type: ignore[arg-type]
+    proto = Transaction(**GOOD)  # type: ignore[arg-type]
     as_proto = v1.decode("application/x-protobuf", proto.SerializeToString())
     assert as_proto == {**GOOD, "ts": float(GOOD["ts"])}
     assert v1.decode(None, json.dumps(GOOD).encode()) == GOOD
@@ -225,7 +225,7 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.dictionaries(st.sampled_from(sorted(GOOD) + ["note"]), JSON_VALUES, max_size=9), st.booleans())
+@given(st.dictionaries(st.sampled_from([*sorted(GOOD), "note"]), JSON_VALUES, max_size=9), st.booleans())
 def test_the_compiled_check_and_the_explanation_agree(record: dict[str, Any], fill: bool) -> None:
     """Whatever a producer sends, the fast check accepts exactly what lists no violation."""
     contract = Contracts.load(ROOT / "contracts", strict=True).current("transactions")
