@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pyarrow.parquet as pq
 import pytest
+from loopline.datasets.v1.transactions_pb2 import Transaction
 from loopline.feature.v1 import feature_pb2 as pb
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline.ingest.v1.envelope_pb2 import EventIngested
@@ -67,6 +68,11 @@ async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, s
     await publisher.publish(topic, _txn("late", "c1", T0 + 1.5 * H, 50.0), key="c1")  # 30 min late: admitted
     await publisher.publish(topic, _txn("too-late", "c1", T0 - 2 * H, 999.0), key="c1")  # 4 h late: nowhere
     await publisher.publish(topic, b"\x00not a protobuf", key="c1")  # dead letter, the rest flows
+    binary = Transaction(customer_id="c1", amount=40.0, merchant_category="travel", ts=T0 + 1.75 * H)
+    await publisher.publish(topic, EventIngested(  # a protobuf record, read through its contract
+        metadata=metadata("test", "proto"), dataset="transactions", event_time=timestamp(T0 + 1.75 * H),
+        content_type="application/x-protobuf", contract_version="1.0",
+        payload=binary.SerializeToString()).SerializeToString(), key="c1")
     await publisher.publish(topic, _txn("old", "c9", T0, 5.0), key="c9")
     await publisher.publish(topic, _txn("new", "c9", T0 + 9 * 86400, 7.0), key="c9")  # drops "old" online
 
@@ -75,25 +81,25 @@ async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, s
 
         async def seen_all() -> bool:
             r = await stub.GetOnlineFeatures(_req(["c1"], T0 + 3 * H, ["txn_count_24h"]))
-            return r.rows[0].values[0] == 4.0
+            return r.rows[0].values[0] == 5.0
 
         await _until(seen_all)
         r = await stub.GetOnlineFeatures(_req(["c1", "nobody"], T0 + 2 * H + 60, AGGS))
         assert list(r.feature_names) == AGGS and r.feature_view == "transactions:1"
-        assert list(r.rows[0].values)[:5] == [2.0, 4.0, 27.5, 110.0, 4.0], "the late 50 counts, the too-late 999 not"
+        assert list(r.rows[0].values)[:5] == [3.0, 5.0, 30.0, 150.0, 5.0], "the late 50 counts, the too-late 999 not"
         assert r.rows[0].values[5] == 50.0 and r.rows[0].found
         assert r.rows[0].event_time.ToNanoseconds() / 1e9 == pytest.approx(T0 + 2 * H)
         assert not r.rows[1].found and list(r.rows[1].values) == [0.0] * 7
-        # the window slides with the request time: 25 h later only the 1.5 h and 2 h events are within 24 h
+        # the window slides with the request time: 25 h later only the 1.5, 1.75 and 2 h events are within 24 h
         r = await stub.GetOnlineFeatures(_req(["c1"], T0 + 25 * H + 60, ["txn_count_24h", "txn_count_7d"]))
-        assert list(r.rows[0].values) == [2.0, 4.0]
+        assert list(r.rows[0].values) == [3.0, 5.0]
         # the model's vector, with the transaction being scored as the request row (03:00 UTC is night)
         night = T0 - 7 * H + 86400
         row = pb.RequestRow(numbers={"amount": 100.0}, strings={"merchant_category": "gift_cards"})
         r = await stub.GetOnlineFeatures(_req(["c1"], night, rows=[row]))
         assert list(r.feature_names)[:3] == ["amount", "log_amount", "txn_count_24h"]
-        assert r.rows[0].values[0] == 100.0 and r.rows[0].values[2] == 4.0
-        assert r.rows[0].values[4] == pytest.approx(100.0 / (27.5 + 1.0)) and list(r.rows[0].values)[5:] == [1.0, 1.0]
+        assert r.rows[0].values[0] == 100.0 and r.rows[0].values[2] == 5.0
+        assert r.rows[0].values[4] == pytest.approx(100.0 / (30.0 + 1.0)) and list(r.rows[0].values)[5:] == [1.0, 1.0]
 
         async def c9_seen() -> bool:
             r = await stub.GetOnlineFeatures(_req(["c9"], T0 + 9 * 86400 + 1, ["txn_count_7d", "max_amount_7d"]))

@@ -7,6 +7,7 @@ import logging
 
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline_core import runtime
+from loopline_core.contracts import Contracts
 from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
 from loopline_core.objstore import ObjectStore
@@ -27,7 +28,7 @@ async def main(stop: asyncio.Event) -> None:
     await migrate(pool, SCHEMA, MIGRATIONS)
     store = FeatureStore(pool)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
-    handlers = EventHandlers(store, views)
+    handlers = EventHandlers(store, views, Contracts.load(settings.contracts_dir))
     sources = views.sources()
     rt.subscribe([rt.namer.valid(d) for d in sources], handlers.decode_valid, handlers.on_valid)
     rt.subscribe([rt.namer.labels(d) for d in sources], handlers.decode_label, handlers.on_label,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from loopline.ingest.v1.envelope_pb2 import EventIngested
+from loopline_core.contracts import Contracts
 from loopline_core.errors import invalid
-from loopline_core.jsonx import loads_strict
 from loopline_core.kafka import Item, Record
 from loopline_core.kafka.codec import proto
 from loopline_core.labels import Label, decode_label
@@ -18,17 +20,16 @@ _envelope = proto(EventIngested, "metadata.event_id")
 
 
 class EventHandlers:
-    def __init__(self, store: FeatureStore, catalog: Catalog) -> None:
+    def __init__(self, store: FeatureStore, catalog: Catalog, contracts: Contracts) -> None:
         self.store = store
         self.catalog = catalog
+        self.contracts = contracts
 
     def decode_valid(self, record: Record) -> list[tuple[FeatureView, Event]]:
         """A valid record, read into an Event for each view it feeds (a record a view cannot read goes
         to the dead letters with the field that is wrong)."""
         msg = _envelope(record)
-        payload = loads_strict(msg.payload)
-        if not isinstance(payload, dict):
-            raise invalid("a record must be a JSON object")
+        payload = self._payload(msg)
         t = msg.event_time.seconds + msg.event_time.nanos / 1e9
         out = []
         for view in self.catalog.for_source(msg.dataset):
@@ -40,6 +41,15 @@ class EventHandlers:
             except ViewError as exc:
                 raise invalid(f"view {view.ref}: {exc}") from exc
         return out
+
+    def _payload(self, msg: EventIngested) -> dict[str, Any]:
+        """The record in the envelope, JSON or protobuf, read by the contract major it met."""
+        if msg.dataset not in self.contracts.datasets():
+            raise invalid(f"no contract for dataset {msg.dataset[:64]!r}")
+        major = msg.contract_version.split(".", 1)[0]
+        contract = (self.contracts.get(msg.dataset, int(major)) if major.isdigit()
+                    else self.contracts.current(msg.dataset))
+        return contract.decode(msg.content_type or None, msg.payload)
 
     async def on_valid(self, items: list[Item[list[tuple[FeatureView, Event]]]]) -> None:
         """Consumes ``loopline.valid.<source>``; writes each view's log and online rows (keyed by
