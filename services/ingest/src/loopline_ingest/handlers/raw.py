@@ -45,7 +45,10 @@ class RawHandler:
         """
         batch: dict[str, Envelope] = {}
         for item in items:
-            batch.setdefault(item.value.event_id, item.value)
+            env = item.value
+            kept = batch.setdefault(env.event_id, env)
+            if (env.redriven or env.replay) and not (kept.redriven or kept.replay):
+                batch[env.event_id] = env  # a forced copy beside a plain duplicate: the forced one must go out
         # A redriven record failed after ingest had forwarded (and marked) it, and a replayed one is
         # republished from the raw archive on purpose, so they go out again; they keep their event id,
         # so sinks that already hold them do not take them twice.
