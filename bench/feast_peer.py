@@ -2,7 +2,7 @@
 
     <feast venv>/bin/python bench/feast_peer.py setup SPEC.json   # repo + registry + online rows
     <feast venv>/bin/python bench/feast_peer.py read SPEC.json    # SDK answers for some entities
-    <feast venv>/bin/python bench/feast_peer.py time SPEC.json    # SDK timing, one batch size, one concurrency
+    <feast venv>/bin/python bench/feast_peer.py time SPEC.json    # SDK timing: closed loops, batch x concurrency
 
 SPEC.json is written by bench/feature_online.py; each command prints one JSON object on its last
 stdout line. Only the standard library and Feast's own dependencies are used here.
@@ -114,14 +114,19 @@ def read(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def timed(spec: dict[str, Any]) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` threads call ``get_online_features`` with random batches of ``batch``
-    entities for ``seconds`` (after ``warmup`` seconds not counted); latencies in ms, per call."""
+    """Each of ``spec["runs"]`` ({batch, concurrency}) in turn, one FeatureStore for all: see :func:`timed_one`."""
     import feast  # noqa: PLC0415
 
     store = feast.FeatureStore(repo_path=spec["repo"])
+    return {"runs": [timed_one(store, spec, run["batch"], run["concurrency"]) for run in spec["runs"]]}
+
+
+def timed_one(store: Any, spec: dict[str, Any], batch: int, threads: int) -> dict[str, Any]:
+    """Closed loop: ``threads`` threads call ``get_online_features`` with random batches of ``batch``
+    entities for ``seconds`` (after ``warmup`` seconds not counted); latencies in ms, per call."""
     refs = _refs(spec)
     ids = spec["entities"]
-    batch, threads, seconds, warmup = spec["batch"], spec["concurrency"], spec["seconds"], spec["warmup"]
+    seconds, warmup = spec["seconds"], spec["warmup"]
     latencies: list[list[float]] = [[] for _ in range(threads)]
     rows_seen = [0] * threads
     errors: list[str] = []
@@ -130,6 +135,7 @@ def timed(spec: dict[str, Any]) -> dict[str, Any]:
     stop_at = count_from + seconds
 
     def loop(k: int) -> None:
+        # The same batches as the bench gives the other systems' worker k (bench/feature_online.py).
         rng = random.Random(spec["seed"] * 1000 + k)  # noqa: S311 - reproducible batches
         rows = [[{"customer_id": e} for e in rng.sample(ids, batch)] for _ in range(256)]
         mine = latencies[k]
@@ -155,8 +161,8 @@ def timed(spec: dict[str, Any]) -> dict[str, Any]:
         t.start()
     for t in pool:
         t.join()
-    return {"latencies_ms": [x for xs in latencies for x in xs], "rows": sum(rows_seen), "seconds": seconds,
-            "errors": errors[:3]}
+    return {"batch": batch, "concurrency": threads, "latencies_ms": [x for xs in latencies for x in xs],
+            "rows": sum(rows_seen), "errors": errors[:3]}
 
 
 def main() -> int:

@@ -37,12 +37,13 @@ import platform
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ VIEW = "transactions"
 COUNT_FEATURE = "txn_count_7d"  # how the load is known to be complete: every event counted in 7 days
 SPAN_S = 6.5 * 86400  # events fall in [as_of - SPAN_S, as_of - 60 s): inside every view's 7-day TTL
 BATCHES = (1, 64)
+LOOPLINE, SERVER, SDK = "loopline grpc", "feast feature server", "feast sdk (in-process)"
+LOOPLINE_FLOOR, SERVER_FLOOR = "grpc floor (health check)", "http floor (GET /health)"
 TARGETS = {"loopline_p99_ms_batch1": 5.0, "throughput_vs_feature_server": 2.0, "rows_per_s_64_vs_sdk": 2.0}
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,13 +320,20 @@ def same(a: Sequence[float | None], b: Sequence[float | None]) -> bool:
 
 @dataclass
 class Measured:
+    """One system at one batch size and concurrency, over every round: rates are the median of the
+    rounds, percentiles are over every call of every round."""
+
     system: str
     batch: int
     concurrency: int
     seconds: float
-    rows: int
-    latencies_ms: list[float]
-    errors: list[str]
+    latencies_ms: list[float] = field(default_factory=list)
+    rounds: list[tuple[int, int]] = field(default_factory=list)  # (calls, rows) per round
+
+    def add(self, latencies_ms: list[float], rows: int) -> Measured:
+        self.latencies_ms.extend(latencies_ms)
+        self.rounds.append((len(latencies_ms), rows))
+        return self
 
     @property
     def calls(self) -> int:
@@ -337,21 +347,23 @@ class Measured:
 
     @property
     def calls_per_s(self) -> float:
-        return self.calls / self.seconds
+        return statistics.median(c / self.seconds for c, _ in self.rounds) if self.rounds else 0.0
 
     @property
     def rows_per_s(self) -> float:
-        return self.rows / self.seconds
+        return statistics.median(r / self.seconds for _, r in self.rounds) if self.rounds else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
             return None if x is None else round(x, 3)
 
         return {"system": self.system, "batch": self.batch, "concurrency": self.concurrency,
-                "seconds": self.seconds, "calls": self.calls, "rows": self.rows,
-                "calls_per_s": round(self.calls_per_s, 1), "rows_per_s": round(self.rows_per_s, 1),
+                "seconds_per_round": self.seconds, "rounds": len(self.rounds), "calls": self.calls,
+                "rows": sum(r for _, r in self.rounds), "calls_per_s": round(self.calls_per_s, 1),
+                "rows_per_s": round(self.rows_per_s, 1),
+                "calls_per_s_by_round": [round(c / self.seconds, 1) for c, _ in self.rounds],
                 "p50_ms": r(self.pct(50)), "p95_ms": r(self.pct(95)), "p99_ms": r(self.pct(99)),
-                "max_ms": r(max(self.latencies_ms) if self.latencies_ms else None), "errors": self.errors}
+                "max_ms": r(max(self.latencies_ms) if self.latencies_ms else None)}
 
 
 Call = Callable[[int, int], Awaitable[int]]  # (worker, call number) -> rows answered
@@ -390,7 +402,7 @@ def batches_for(entities: Sequence[str], batch: int, worker: int, seed: int) -> 
 
 
 async def measure_loopline(addr: str, loaded: Loaded, batch: int, concurrency: int,
-                           args: argparse.Namespace) -> Measured:
+                           args: argparse.Namespace) -> tuple[list[float], int]:
     import grpc  # noqa: PLC0415
     from loopline.feature.v1 import feature_pb2_grpc  # noqa: PLC0415
 
@@ -403,12 +415,27 @@ async def measure_loopline(addr: str, loaded: Loaded, batch: int, concurrency: i
             resp = await stub.GetOnlineFeatures(requests[k][i % 256])
             return len(resp.rows)
 
-        latencies, rows = await closed_loop(call, concurrency, args.seconds, args.warmup)
-    return Measured("loopline grpc", batch, concurrency, args.seconds, rows, latencies, [])
+        return await closed_loop(call, concurrency, args.seconds, args.warmup)
+
+
+async def measure_grpc_floor(addr: str, args: argparse.Namespace) -> tuple[list[float], int]:
+    """The same client and server stack answering a health check: what a call costs before any work."""
+    import grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        req = health_pb2.HealthCheckRequest(service="loopline.feature.v1.FeatureService")
+
+        async def call(_k: int, _i: int) -> int:
+            await stub.Check(req)
+            return 0
+
+        return await closed_loop(call, 1, args.seconds, args.warmup)
 
 
 async def measure_server(url: str, loaded: Loaded, features: Sequence[str], batch: int, concurrency: int,
-                         args: argparse.Namespace) -> Measured:
+                         args: argparse.Namespace) -> tuple[list[float], int]:
     import httpx  # noqa: PLC0415
 
     refs = [f"{VIEW}:{n}" for n in features]
@@ -423,23 +450,43 @@ async def measure_server(url: str, loaded: Loaded, features: Sequence[str], batc
             resp.raise_for_status()
             return len(resp.json()["results"][0]["values"])
 
-        latencies, rows = await closed_loop(call, concurrency, args.seconds, args.warmup)
-    return Measured("feast feature server", batch, concurrency, args.seconds, rows, latencies, [])
+        return await closed_loop(call, concurrency, args.seconds, args.warmup)
 
 
-def measure_sdk(venv: Path, spec: dict[str, Any], loaded: Loaded, batch: int, concurrency: int,
-                args: argparse.Namespace, work: Path) -> Measured:
-    out = run_peer(venv, "time", {**spec, "entities": loaded.entities, "batch": batch, "concurrency": concurrency,
-                                  "seconds": args.seconds, "warmup": args.warmup, "seed": args.seed}, work,
-                   timeout_s=args.seconds + args.warmup + 120)
-    if out["errors"]:
-        raise RuntimeError(f"Feast SDK failed: {out['errors'][0]}")
-    return Measured("feast sdk (in-process)", batch, concurrency, args.seconds, out["rows"], out["latencies_ms"], [])
+async def measure_http_floor(url: str, args: argparse.Namespace) -> tuple[list[float], int]:
+    """The same HTTP client and feast serve answering GET /health."""
+    import httpx  # noqa: PLC0415
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def call(_k: int, _i: int) -> int:
+            (await client.get("/health")).raise_for_status()
+            return 0
+
+        return await closed_loop(call, 1, args.seconds, args.warmup)
+
+
+def measure_sdk(venv: Path, spec: dict[str, Any], loaded: Loaded, runs: Sequence[tuple[int, int]],
+                args: argparse.Namespace, work: Path) -> list[tuple[list[float], int]]:
+    """Every (batch, concurrency) of ``runs`` in one Feast process, in turn."""
+    out = run_peer(venv, "time", {**spec, "entities": loaded.entities, "seed": args.seed, "seconds": args.seconds,
+                                  "warmup": args.warmup,
+                                  "runs": [{"batch": b, "concurrency": c} for b, c in runs]}, work,
+                   timeout_s=len(runs) * (args.seconds + args.warmup + 5) + 120)
+    results = []
+    for run in out["runs"]:
+        if run["errors"]:
+            raise RuntimeError(f"Feast SDK failed: {run['errors'][0]}")
+        results.append((run["latencies_ms"], run["rows"]))
+    return results
 
 
 def show_one(m: Measured) -> None:
-    console.print(f"  {m.system}, batch {m.batch}, concurrency {m.concurrency}: {m.calls_per_s:,.0f} calls/s, "
-                  f"{m.rows_per_s:,.0f} rows/s, p50 {m.pct(50) or 0:.2f} ms, p99 {m.pct(99) or 0:.2f} ms")
+    calls, rows = m.rounds[-1]
+    lat = sorted(m.latencies_ms[-calls:]) if calls else [0.0]
+    console.print(f"  {m.system}, batch {m.batch}, concurrency {m.concurrency}: {calls / m.seconds:,.0f} calls/s, "
+                  f"{rows / m.seconds:,.0f} rows/s, p50 {lat[len(lat) // 2]:.2f} ms, "
+                  f"p99 {lat[min(len(lat) - 1, math.ceil(0.99 * len(lat)) - 1)]:.2f} ms")
 
 
 # ---- orchestration ------------------------------------------------------------------------------
@@ -476,14 +523,14 @@ def ratios(measured: list[Measured], concurrency: int) -> dict[str, Any]:
     def div(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else round(a / b, 3)
 
-    one = get("loopline grpc", 1, 1)
+    one = get(LOOPLINE, 1, 1)
     p99 = one.pct(99) if one else None
     tp = {}
     for batch in BATCHES:
-        ours, theirs = get("loopline grpc", batch, concurrency), get("feast feature server", batch, concurrency)
+        ours, theirs = get(LOOPLINE, batch, concurrency), get(SERVER, batch, concurrency)
         tp[f"batch_{batch}"] = div(ours.calls_per_s if ours else None, theirs.calls_per_s if theirs else None)
-    ours64 = get("loopline grpc", 64, concurrency)
-    sdk64 = [m for m in measured if m.system.startswith("feast sdk") and m.batch == 64]
+    ours64 = get(LOOPLINE, 64, concurrency)
+    sdk64 = [m for m in measured if m.system == SDK and m.batch == 64]
     best_sdk = max(sdk64, key=lambda m: m.rows_per_s) if sdk64 else None
     rows_ratio = div(ours64.rows_per_s if ours64 else None, best_sdk.rows_per_s if best_sdk else None)
     return {
@@ -572,16 +619,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
                                f"from Loopline, e.g. {wrong[0]}: {answered.get(wrong[0])} vs {by_id[wrong[0]]}")
         console.print(f"  Feast's SDK answers the {len(sample)} sampled customers with Loopline's values")
 
-        measured: list[Measured] = []
-        conc = sorted({1, args.concurrency})
-        # 1. Loopline through gRPC.
-        for batch in BATCHES:
-            for c in conc:
-                measured.append(asyncio.run(measure_loopline(addr, loaded, batch, c, args)))
-                show_one(measured[-1])
-                alive()
-        # Loopline's process keeps running but is idle from here on.
-        # 2. Feast's HTTP feature server.
+        # feast serve idles (one worker, no requests) while the others are measured; so does Loopline's
+        # feature service while Feast is.
         server = FeastServer(venv, Path(spec["repo"]), procs.free_port(), work / "logs" / "feast-serve.log")
         server.start()
         served = asyncio.run(server_answers(server.url, sample[:64], names))
@@ -589,18 +628,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
         if wrong:
             raise RuntimeError(f"feast serve answers {len(wrong)}/64 sampled customers differently from Loopline")
         console.print("  feast serve answers 64 sampled customers with Loopline's values")
-        for batch in BATCHES:
-            for c in conc:
-                measured.append(asyncio.run(measure_server(server.url, loaded, names, batch, c, args)))
-                show_one(measured[-1])
-                server.check()
-        server.stop()
-        server = None
-        # 3. Feast's SDK in its own process.
-        for batch in BATCHES:
-            for c in conc:
-                measured.append(measure_sdk(venv, spec, loaded, batch, c, args, work))
-                show_one(measured[-1])
+
+        conc = sorted({1, args.concurrency})
+        runs = [(b, c) for b in BATCHES for c in conc]
+        table: dict[tuple[str, int, int], Measured] = {}
+
+        def slot(system: str, batch: int, c: int) -> Measured:
+            return table.setdefault((system, batch, c), Measured(system, batch, c, args.seconds))
+
+        url = server.url
+        for k in range(args.rounds):
+            # Rounds alternate the systems, so a burst of load from elsewhere on the machine hits one
+            # round of each rather than one system.
+            console.print(f"[bold]round {k + 1}/{args.rounds}[/]")
+            show_one(slot(LOOPLINE_FLOOR, 0, 1).add(*asyncio.run(measure_grpc_floor(addr, args))))
+            for b, c in runs:
+                show_one(slot(LOOPLINE, b, c).add(*asyncio.run(measure_loopline(addr, loaded, b, c, args))))
+            alive()
+            show_one(slot(SERVER_FLOOR, 0, 1).add(*asyncio.run(measure_http_floor(url, args))))
+            for b, c in runs:
+                show_one(slot(SERVER, b, c).add(*asyncio.run(measure_server(url, loaded, names, b, c, args))))
+            server.check()
+            for (b, c), got in zip(runs, measure_sdk(venv, spec, loaded, runs, args, work), strict=True):
+                show_one(slot(SDK, b, c).add(*got))
+        measured = list(table.values())
     finally:
         if server is not None:
             server.stop()
@@ -609,7 +660,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
         stack.down()
     return {"benchmark": "features", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "code": code,
             "params": {"entities": args.entities, "events_per_entity": args.events, "events": loaded.events,
-                       "seconds": args.seconds, "warmup": args.warmup, "concurrency": args.concurrency,
+                       "seconds": args.seconds, "rounds": args.rounds, "warmup": args.warmup,
+                       "concurrency": args.concurrency,
                        "check": args.check, "seed": args.seed, "as_of": as_of, "features": names},
             "feast": {"version": feast_setup["feast_version"], "venv": str(venv.relative_to(ROOT)),
                       "venv_built_s": None if venv_build_s is None else round(venv_build_s, 1),
@@ -619,7 +671,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
                         "load_avg_before": [round(x, 2) for x in load_before],
                         "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
             "method": "closed loops (each worker calls back to back) with the same random batches for every "
-                      "system; systems measured one after the other; Loopline = the feature service process "
+                      "system; systems measured one after the other, in alternating rounds (rates: median of "
+                      "the rounds; percentiles: all calls); floors: a health check on the same client/server; "
+                      "Loopline = the feature service process "
                       "computing the windows at as_of from its online rows, called with grpc.aio from the bench "
                       "process; feast serve = one gunicorn/uvicorn worker, called with httpx (keep-alive, one "
                       "connection per worker), JSON parsed; feast sdk = get_online_features in the Feast venv, "
@@ -647,7 +701,7 @@ def show(result: dict[str, Any]) -> None:
     params = result["params"]
     out = Console(width=None if sys.stdout.isatty() else 130)
     table = Table(title=f"online feature reads: {params['entities']:,} customers, {params['events']:,} events, "
-                        f"{len(params['features'])} features, {params['seconds']:g}s each, "
+                        f"{len(params['features'])} features, {params['rounds']} rounds x {params['seconds']:g}s, "
                         f"commit {result['code']['commit']}")
     for col in ("system", "batch", "conc.", "calls/s", "rows/s", "p50 ms", "p95 ms", "p99 ms", "calls"):
         table.add_column(col, justify="left" if col == "system" else "right")
@@ -655,10 +709,16 @@ def show(result: dict[str, Any]) -> None:
     def ms(x: float | None) -> str:
         return "n/a" if x is None else f"{x:,.2f}"
 
-    for m in result["measurements"]:
-        table.add_row(m["system"], str(m["batch"]), str(m["concurrency"]), f"{m['calls_per_s']:,.0f}",
-                      f"{m['rows_per_s']:,.0f}", ms(m["p50_ms"]), ms(m["p95_ms"]), ms(m["p99_ms"]), f"{m['calls']:,}")
+    order = [LOOPLINE_FLOOR, LOOPLINE, SERVER_FLOOR, SERVER, SDK]
+    for m in sorted(result["measurements"], key=lambda m: (order.index(m["system"]), m["batch"], m["concurrency"])):
+        floor = m["batch"] == 0
+        table.add_row(m["system"], "-" if floor else str(m["batch"]), str(m["concurrency"]),
+                      f"{m['calls_per_s']:,.0f}", "-" if floor else f"{m['rows_per_s']:,.0f}", ms(m["p50_ms"]),
+                      ms(m["p95_ms"]), ms(m["p99_ms"]), f"{m['calls']:,}", end_section=m["system"] == LOOPLINE and
+                      m["batch"] == max(BATCHES) and m["concurrency"] == params["concurrency"])
     out.print(table)
+    out.print("rates: median of the rounds; percentiles: every call of every round, as the caller sees it. "
+              "floor: a call that does no work on the same client and server stack")
     r = result["ratios"]
 
     def verdict(ok: bool) -> str:
@@ -700,6 +760,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--entities", type=int, default=10_000, help="customers loaded into both stores (default 10000)")
     p.add_argument("--events", type=float, default=5.0, help="mean events per customer over 6.5 days (default 5)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (default 5)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds, each measuring every system in turn; rates are the median (default 3)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of calls before each measurement counts")
     p.add_argument("--concurrency", type=int, default=8,
                    help="callers in flight for the throughput measurements (default 8; latency: 1)")
@@ -707,9 +769,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the load (default 600)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
-    if args.entities < max(BATCHES) or args.events < 1 or args.seconds <= 0 or args.concurrency < 1:
-        p.error(f"--entities must be at least {max(BATCHES)}, --events at least 1, --seconds and --concurrency "
-                "positive")
+    if args.entities < max(BATCHES) or args.events < 1 or args.seconds <= 0 or min(args.concurrency, args.rounds) < 1:
+        p.error(f"--entities must be at least {max(BATCHES)}, --events at least 1, --seconds, --concurrency and "
+                "--rounds positive")
     return args
 
 
