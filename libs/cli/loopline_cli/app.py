@@ -17,6 +17,7 @@ from rich.table import Table
 from loopline_cli.contracts import contracts_app
 from loopline_cli.dlq import dlq_app
 from loopline_cli.docs import docs_app
+from loopline_cli.replay import replay_command
 
 app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -25,6 +26,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(docs_app, name="docs")
+app.command("replay")(replay_command)
 console = Console(stderr=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps its data and pids "

@@ -72,8 +72,13 @@ class Bus:
     def subscribe(self, topics: Iterable[str], group: str, decode: Decoder[T], handle: BatchHandler[T], *,
                   max_records: int = 500, linger_ms: int = 10,
                   auto_offset_reset: Literal["earliest", "latest"] = "earliest",
-                  description: str | None = None, max_poll_interval_ms: int = 300_000) -> Delivery[T]:
-        """Consume ``topics`` in group ``group`` in batches of up to ``max_records``."""
+                  description: str | None = None, max_poll_interval_ms: int = 300_000,
+                  fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 100) -> Delivery[T]:
+        """Consume ``topics`` in group ``group`` in batches of up to ``max_records``.
+
+        ``linger_ms`` only bounds the wait when nothing is buffered; a subscriber that wants large
+        batches from a slow stream raises ``fetch_min_bytes`` (the broker holds a fetch until that
+        much is there or ``fetch_max_wait_ms`` passed)."""
         names = list(topics)
         delivery: Delivery[T] = Delivery(f"{group}:{','.join(names)}", decode, handle, self.publisher,
                                          self.dead_letter_for, self.policy)
@@ -81,7 +86,8 @@ class Bus:
             *names, group_id=group, batch=True, max_records=max_records, batch_timeout_ms=linger_ms,
             ack_policy=AckPolicy.MANUAL, auto_offset_reset=auto_offset_reset, listener=delivery.listener,
             parser=_parse, decoder=_raw, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=max_poll_interval_ms, fetch_max_wait_ms=100,
+            max_poll_interval_ms=max_poll_interval_ms, fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_min_bytes=fetch_min_bytes,
             title=f"{group}:{','.join(names)}", description=description or handle.__doc__)
         sub(delivery.on_batch)
         delivery.subscriber = sub

@@ -7,9 +7,12 @@ import asyncio
 from loopline_core import runtime
 from loopline_core.contracts import Contracts
 from loopline_core.db import create_pool, migrate
+from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
 
+from loopline_ingest.adapters.archive import ArchiveWriter
 from loopline_ingest.adapters.dedupe import MIGRATIONS, SCHEMA, SeenEvents
+from loopline_ingest.handlers.archive import ArchiveHandler
 from loopline_ingest.handlers.raw import RawHandler
 from loopline_ingest.settings import Settings
 
@@ -24,6 +27,14 @@ async def main(stop: asyncio.Event) -> None:
         contracts.current(dataset)  # a dataset without a contract stops the start, not the first record
     handler = RawHandler(SeenEvents(pool), rt.publisher, rt.namer, contracts)
     rt.subscribe([rt.namer.raw(d) for d in settings.datasets], handler.decode, handler.on_raw)
+    if settings.archive_enabled:
+        objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
+                              region=settings.s3_region)
+        archive = ArchiveHandler(ArchiveWriter(objects, settings.archive_prefix))
+        rt.bus.subscribe([rt.namer.ingested(d) for d in settings.datasets], rt.namer.group("ingest-archive"),
+                         archive.decode, archive.on_ingested, max_records=settings.archive_max_records,
+                         linger_ms=settings.archive_linger_ms, fetch_min_bytes=settings.archive_min_bytes,
+                         fetch_max_wait_ms=settings.archive_linger_ms)
     rt.closers.append(pool.close)
     await serve_until(rt, stop)
 
