@@ -1,4 +1,5 @@
 from loopline_core.settings import CoreSettings
+from pydantic import Field
 
 
 class Settings(CoreSettings):
@@ -14,5 +15,6 @@ class Settings(CoreSettings):
     archive_min_bytes: int = 4 * 1024 * 1024
     """The broker holds an archive fetch until this many bytes are there or ``archive_linger_ms`` passed,
     so a slow stream still makes files of a useful size."""
-    archive_linger_ms: int = 5_000
-    """Longest wait for ``archive_min_bytes``: the archive is at most about this far behind ingest."""
+    archive_linger_ms: int = Field(10_000, ge=10, le=14_000)
+    """Longest wait for ``archive_min_bytes``: the archive is at most about this far behind ingest. Below
+    the bus's 15 s request timeout, which a held fetch must not reach."""
