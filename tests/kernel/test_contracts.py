@@ -360,3 +360,57 @@ def test_cli_check_a_new_major(tmp_path: Path) -> None:
     assert code == 0 and output.startswith("new major transactions/v2 (2.0) beside transactions/v1 (1.0)")
     code, output = _cli("show", "transactions", "--version", "3", "--dir", str(ROOT / "contracts"))
     assert code == 1 and "no contract transactions/v3" in output
+
+
+RICH = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", "additionalProperties": False,
+    "required": ["id", "n"],
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 4, "pattern": "^[a-z]"},
+        "n": {"type": "integer", "exclusiveMinimum": -3, "maximum": 50, "multipleOf": 2},
+        "x": {"type": ["number", "null"], "minimum": -1.5, "exclusiveMaximum": 2.5},
+        "kind": {"enum": ["a", "b", 1, None]},
+        "one": {"const": 0},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 2}, "maxItems": 3, "uniqueItems": True},
+        "inner": {"type": "object", "required": ["k"], "properties": {"k": {"type": "boolean"}},
+                  "additionalProperties": {"type": "integer"}},
+        "any": {},
+    },
+    "x-loopline": {"dataset": "rich", "version": "1.0", "entity_field": "id", "event_time": {"field": "n"},
+                   "unknown_fields": "reject", "max_payload_bytes": 4096},
+}
+RICH_KEYS = [*RICH["properties"], "zz"]
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(RICH_KEYS), JSON_VALUES, max_size=10))
+def test_the_generated_check_gives_jsonschemas_verdict_and_fields(record: dict[str, Any]) -> None:
+    """Our compiled check decides and explains in one pass; jsonschema (2020-12) is the referee."""
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    contract = _rich()
+    errors = list(Draft202012Validator(RICH).iter_errors(record))
+    finite_ok = all(not isinstance(v, float) or math.isfinite(v) for v in _leaves(record))
+    problems = contract.violations(record)
+    assert (problems == []) == (not errors and finite_ok), (record, problems, [e.message for e in errors])
+    if errors:
+        assert {p.field.split(".")[0] for p in problems} <= set(record) | set(RICH["required"]), problems
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _leaves(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _leaves(v)]
+    return [value]
+
+
+_RICH: list[Contract] = []
+
+
+def _rich() -> Contract:
+    if not _RICH:
+        from loopline_core.contracts.model import parse  # noqa: PLC0415
+
+        _RICH.append(parse(RICH))
+    return _RICH[0]

@@ -65,7 +65,7 @@ def _record(value: bytes) -> Record:
 
 
 def _handler(root: Path, now: datetime) -> IngestedHandler:
-    return IngestedHandler(None, TopicNamer(), Contracts.load(root, strict=True), clock=lambda: now)  # type: ignore[arg-type]
+    return IngestedHandler(None, TopicNamer(), Contracts.load(root, strict=True), clock=now.timestamp)  # type: ignore[arg-type]
 
 
 # --- unit: decode --------------------------------------------------------------------------------

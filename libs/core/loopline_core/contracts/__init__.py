@@ -6,6 +6,7 @@
 """
 
 from loopline_core.contracts.compat import compatible
+from loopline_core.contracts.explain import Violation
 from loopline_core.contracts.model import (
     JSON,
     PROTOBUF,
@@ -17,7 +18,6 @@ from loopline_core.contracts.model import (
     rejection,
     to_dict,
 )
-from loopline_core.contracts.schema import Violation
 
 __all__ = ["JSON", "PROTOBUF", "Contract", "ContractError", "Contracts", "Violation", "compatible", "load_file",
            "message_class", "rejection", "to_dict"]

@@ -12,7 +12,7 @@ import json
 import logging
 import pkgutil
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,8 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from loopline_core.contracts.schema import Checker, ContractSchemaError, Violation, check_schema
+from loopline_core.contracts.explain import Violation
+from loopline_core.contracts.schema import Checker, ContractSchemaError, check_schema
 from loopline_core.errors import LooplineError, invalid, not_found
 from loopline_core.jsonx import loads_strict
 
@@ -62,21 +63,23 @@ class Contract:
     accept_until: datetime | None = None
     path: Path | None = None
     checker: Checker = field(init=False, repr=False)
+    _judge: Callable[[Any], list[Violation]] = field(init=False, repr=False)
+    _drop: bool = field(init=False, repr=False)
+    major: int = field(init=False)
+    minor: int = field(init=False, repr=False)
+    ref: str = field(init=False)
+    """``<dataset>/v<major>``."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "checker", Checker(self.schema))
+        checker = Checker(self.schema)
+        object.__setattr__(self, "checker", checker)
+        object.__setattr__(self, "_judge", checker.judge)
+        object.__setattr__(self, "_drop", self.unknown_fields == "drop")
+        major, minor = self.version.split(".")
+        object.__setattr__(self, "major", int(major))
+        object.__setattr__(self, "minor", int(minor))
+        object.__setattr__(self, "ref", f"{self.dataset}/v{major}")
 
-    @property
-    def major(self) -> int:
-        return int(self.version.split(".")[0])
-
-    @property
-    def minor(self) -> int:
-        return int(self.version.split(".")[1])
-
-    @property
-    def ref(self) -> str:
-        return f"{self.dataset}/v{self.major}"
 
     @property
     def fields(self) -> frozenset[str]:
@@ -92,7 +95,7 @@ class Contract:
         if len(payload) > self.max_payload_bytes:
             raise invalid(f"payload of {len(payload)} bytes is over the {self.max_payload_bytes}-byte cap",
                           contract=self.ref, rule="size")
-        kind = (content_type or JSON).split(";", 1)[0].strip().lower()
+        kind = JSON if not content_type or content_type == JSON else content_type.split(";", 1)[0].strip().lower()
         if kind == JSON:
             record = loads_strict(payload)
             if not isinstance(record, dict):
@@ -112,28 +115,30 @@ class Contract:
         raise invalid(f"content type {kind[:64]!r} is neither {JSON} nor {PROTOBUF}", contract=self.ref,
                       rule="content-type")
 
-    def violations(self, record: Any) -> list[Violation]:
-        """Every broken rule as (field, rule, message); empty when the record conforms."""
-        if self.checker.passes(record):
-            return []
-        return self.checker.violations(record)
+    def judge(self, record: Any) -> tuple[dict[str, Any] | None, list[Violation]]:
+        """The record as forwarded (unknown fields removed when the contract drops them) and [], or
+        None and every rule it breaks. The validator's hot path: one pass over the record."""
+        problems = self._judge(record)
+        if problems:
+            return None, problems
+        if self._drop and not self.checker.properties.issuperset(record):
+            return {k: v for k, v in record.items() if k in self.checker.properties}, problems
+        return record, problems
 
     def conform(self, record: Any) -> dict[str, Any] | None:
-        """The record as forwarded (unknown fields removed when the contract drops them), or None
-        when it breaks the contract (then :meth:`violations` says why). The hot path: one compiled check."""
-        if not self.checker.passes(record):
-            return None
-        if self.unknown_fields == "drop" and not self.checker.properties.issuperset(record):
-            return {k: v for k, v in record.items() if k in self.checker.properties}
-        result: dict[str, Any] = record
-        return result
+        """The record as forwarded, or None when it breaks the contract."""
+        return self.judge(record)[0]
+
+    def violations(self, record: Any) -> list[Violation]:
+        """Every broken rule as (field, rule, message); empty when the record conforms."""
+        return list(self._judge(record))
 
     def check(self, record: Any) -> dict[str, Any]:
         """The record if it meets the contract (without unknown fields when the contract drops them);
         else INVALID_ARGUMENT naming the contract, the first field at fault and its rule."""
-        out = self.conform(record)
+        out, problems = self.judge(record)
         if out is None:
-            raise rejection(self, self.checker.violations(record))
+            raise rejection(self, problems)
         return out
 
 

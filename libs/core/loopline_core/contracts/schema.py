@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError
+
+from loopline_core.contracts.explain import WORDS, Violation, generate, join, json_type, short, uses_combinators
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -34,14 +36,6 @@ APPLICATORS = frozenset({
 TOP_ONLY = frozenset({"$schema", "$id", "x-loopline"})
 FORMATS = frozenset({"date", "date-time", "email", "ipv4", "ipv6"})
 """Formats both validators know; others would be checked by one and not the other."""
-
-
-class Violation(NamedTuple):
-    """One broken rule of a contract."""
-
-    field: str
-    rule: str
-    message: str
 
 
 class ContractSchemaError(ValueError):
@@ -93,28 +87,37 @@ class Checker:
 
     def __init__(self, schema: dict[str, Any]) -> None:
         body = {k: v for k, v in schema.items() if k not in TOP_ONLY}
-        self.fast: Callable[[Any], Any] = fastjsonschema.compile(body, use_default=False)
-        self.slow = Draft202012Validator(schema, format_checker=FormatChecker())
         self.properties = frozenset(schema.get("properties") or ())
+        self.slow = Draft202012Validator(schema, format_checker=FormatChecker())
+        self.compiled = None if uses_combinators(body) else generate(body)
+        self.fast: Callable[[Any], Any] = fastjsonschema.compile(body, use_default=False)
 
-    def passes(self, record: Any) -> bool:
+    def judge(self, record: Any) -> list[Violation]:
+        """The hot path: every broken rule, [] when the record conforms (one pass when compiled)."""
+        if self.compiled is not None:
+            return self.compiled(record)
         try:
             self.fast(record)
         except fastjsonschema.JsonSchemaValueException:
-            return False
-        return _finite(record)
+            return self.violations(record) or [Violation("", "schema", "record breaks the contract")]
+        return [] if finite(record) else self.violations(record)
+
+    def passes(self, record: Any) -> bool:
+        return not self.judge(record)
 
     def violations(self, record: Any) -> list[Violation]:
         """Every broken rule of ``record`` (empty when it conforms)."""
         if not isinstance(record, dict):
             return [Violation("", "type", "record must be a JSON object")]
+        if self.compiled is not None:
+            return list(self.compiled(record))
         out: list[Violation] = []
         for error in sorted(self.slow.iter_errors(record), key=lambda e: [str(p) for p in e.absolute_path]):
             out += _explain(error)
         if not out:
             try:
                 self.fast(record)
-            except fastjsonschema.JsonSchemaValueException as exc:  # the two validators disagree: say what failed
+            except fastjsonschema.JsonSchemaValueException as exc:  # they disagree: say what failed
                 field = str(exc.name or "").removeprefix("data").lstrip(".")
                 out.append(Violation(field, str(exc.rule or "schema"), _line(str(exc.message))))
         out += [Violation(f, "finite", f"{f} must be a finite number") for f in _non_finite(record, "")]
@@ -128,24 +131,24 @@ def _explain(error: ValidationError) -> list[Violation]:  # noqa: PLR0911 - one 
     name = field or "record"
     if rule == "required":  # one error per missing property, named in its message
         missing = [p for p in value if error.message == f"{p!r} is a required property"]
-        return [Violation(_join(field, p), "required", f"{_join(field, p)} is required") for p in missing[:1]]
+        return [Violation(join(field, p), "required", f"{join(field, p)} is required") for p in missing[:1]]
     if rule == "additionalProperties" and isinstance(instance, dict):
         known = set((error.schema or {}).get("properties") or ()) if isinstance(error.schema, dict) else set()
-        return [Violation(_join(field, k), "unknown", f"{_join(field, k)} is not in the contract")
+        return [Violation(join(field, k), "unknown", f"{join(field, k)} is not in the contract")
                 for k in instance if k not in known][:8]
     if rule == "type":
         kinds = value if isinstance(value, list) else [value]
         if not field and not isinstance(instance, dict):
             return [Violation("", "type", "record must be a JSON object")]
-        return [Violation(field, "type", f"{name} must be {' or '.join(_WORDS.get(str(k), str(k)) for k in kinds)}, "
-                                         f"got {_json_type(instance)}")]
+        return [Violation(field, "type", f"{name} must be {' or '.join(WORDS.get(str(k), str(k)) for k in kinds)}, "
+                                         f"got {json_type(instance)}")]
     if rule in ("minimum", "exclusiveMinimum"):
-        return [Violation(field, "range", f"{name}={_short(instance)} is below {value}")]
+        return [Violation(field, "range", f"{name}={short(instance)} is below {value}")]
     if rule in ("maximum", "exclusiveMaximum"):
-        return [Violation(field, "range", f"{name}={_short(instance)} is above {value}")]
+        return [Violation(field, "range", f"{name}={short(instance)} is above {value}")]
     if rule in ("enum", "const"):
         choices = value if rule == "enum" else [value]
-        return [Violation(field, "enum", f"{name}={_short(instance)} is not one of {_short(choices)}")]
+        return [Violation(field, "enum", f"{name}={short(instance)} is not one of {short(choices)}")]
     if rule in ("minLength", "maxLength"):
         schema = error.schema if isinstance(error.schema, dict) else {}
         if schema.get("minLength") == schema.get("maxLength"):
@@ -153,38 +156,10 @@ def _explain(error: ValidationError) -> list[Violation]:  # noqa: PLR0911 - one 
         word = "at least" if rule == "minLength" else "at most"
         return [Violation(field, "length", f"{name} must have {word} {value} characters")]
     if rule == "pattern":
-        return [Violation(field, "pattern", f"{name}={_short(instance)} does not match {_short(value)}")]
+        return [Violation(field, "pattern", f"{name}={short(instance)} does not match {short(value)}")]
     if rule == "format":
-        return [Violation(field, "format", f"{name}={_short(instance)} is not a valid {value}")]
+        return [Violation(field, "format", f"{name}={short(instance)} is not a valid {value}")]
     return [Violation(field, rule, f"{name}: {_line(error.message)}")]
-
-
-def _join(parent: str, name: str) -> str:
-    return f"{parent}.{name}" if parent else name
-
-
-_WORDS = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "a boolean",
-          "object": "an object", "array": "an array", "null": "null"}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else type(value).__name__
-
-
-def _short(value: Any) -> str:
-    """A value for a message: producers send 200 KB strings too, and reasons travel in headers."""
-    text = repr(value)
-    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def _line(text: str) -> str:
@@ -192,9 +167,9 @@ def _line(text: str) -> str:
     return one if len(one) <= 200 else one[:197] + "..."
 
 
-def _finite(value: Any) -> bool:
-    """No NaN or infinity anywhere (JSON input is already clean; protobuf doubles may not be).
-    Iterative, like ``jsonx``: nesting costs no stack."""
+def finite(value: Any) -> bool:
+    """No NaN or infinity anywhere (JSON input is clean already; protobuf doubles may not be).
+    ``v - v`` is 0.0 for a finite float and NaN otherwise; iterative, so nesting costs no stack."""
     pending = [value]
     while pending:
         current = pending.pop()
@@ -202,7 +177,7 @@ def _finite(value: Any) -> bool:
         for v in items:
             kind = type(v)
             if kind is float:
-                if not math.isfinite(v):
+                if v - v != 0.0:
                     return False
             elif kind is dict or kind is list:
                 pending.append(v)
@@ -213,7 +188,7 @@ def _non_finite(value: Any, path: str) -> list[str]:
     if isinstance(value, float):
         return [] if math.isfinite(value) else [path]
     if isinstance(value, dict):
-        return [f for k, v in value.items() for f in _non_finite(v, _join(path, str(k)))]
+        return [f for k, v in value.items() for f in _non_finite(v, join(path, str(k)))]
     if isinstance(value, list):
-        return [f for n, v in enumerate(value) for f in _non_finite(v, _join(path, str(n)))]
+        return [f for n, v in enumerate(value) for f in _non_finite(v, join(path, str(n)))]
     return []

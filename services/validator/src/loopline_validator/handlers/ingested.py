@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline.validator.v1.events_pb2 import FieldViolation, ValidationFailed
@@ -48,11 +51,24 @@ class Rejected:
 
 class IngestedHandler:
     def __init__(self, publisher: Publisher, namer: TopicNamer, contracts: Contracts,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.publisher = publisher
         self.namer = namer
         self.contracts = contracts
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock
+        self._accepted: dict[str, tuple[float, list[Contract]]] = {}
+        """dataset -> (until when, the majors accepted until then): looked up once per window, not per record."""
+
+    def accepted(self, dataset: str) -> list[Contract]:
+        """The dataset's majors accepted now, newest first (NOT_FOUND for a dataset without a contract)."""
+        now = self.clock()
+        cached = self._accepted.get(dataset)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        majors = self.contracts.accepted(dataset, datetime.fromtimestamp(now, UTC))
+        until = min((c.accept_until.timestamp() for c in majors if c.accept_until is not None), default=math.inf)
+        self._accepted[dataset] = (until, majors)
+        return majors
 
     def decode(self, record: Record) -> Checked | Rejected:
         """Parse the envelope and check its payload against the dataset's accepted majors, newest first.
@@ -64,7 +80,7 @@ class IngestedHandler:
         """
         msg = _envelope(record)
         try:
-            majors = self.contracts.accepted(msg.dataset, self.clock())
+            majors = self.accepted(msg.dataset)
         except LooplineError as exc:
             raise invalid(exc.message) from exc
         if not majors:
@@ -77,13 +93,12 @@ class IngestedHandler:
                 first = first or _rejected(msg, contract, [Violation("", exc.details.get("rule", "decode"),
                                                                      exc.message)], exc)
                 continue
-            conformed = contract.conform(payload)
+            conformed, problems = contract.judge(payload)
             if conformed is not None:
-                VALIDATED.labels(msg.dataset, "valid").inc()
-                return Checked(msg.dataset, contract.ref, _stamped(record.value, msg, contract,
-                                                                   None if conformed is payload else conformed))
+                if conformed is payload:  # the bytes as received with the field appended (the last one wins)
+                    return Checked(msg.dataset, contract.ref, record.value + _stamp(contract.version))
+                return Checked(msg.dataset, contract.ref, _rewritten(msg, contract, conformed))
             if first is None:
-                problems = contract.violations(payload)
                 first = _rejected(msg, contract, problems, rejection(contract, problems))
         VALIDATED.labels(msg.dataset, "rejected").inc()
         assert first is not None
@@ -105,6 +120,7 @@ class IngestedHandler:
         for (dataset, contract), records in groups.items():
             await self.publisher.publish_batch(self.namer.valid(dataset), records, headers=[(CONTRACT, contract)],
                                                message_type="loopline.ingest.v1.EventIngested")
+            VALIDATED.labels(dataset, "valid").inc(len(records))
         if cut == len(items):
             return
         bad = items[cut]
@@ -123,17 +139,18 @@ def _rejected(msg: EventIngested, contract: Contract, problems: list[Violation],
     return Rejected(msg.dataset, msg.metadata.event_id, contract.ref, contract.version, problems, error)
 
 
-def _stamped(raw: bytes, msg: EventIngested, contract: Contract, rewritten: dict[str, object] | None) -> bytes:
-    """The envelope as forwarded: ``contract_version`` set, the payload rewritten only when fields were dropped."""
-    if rewritten is not None:
-        msg.payload = json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
-        msg.content_type = JSON
-        msg.contract_version = contract.version
-        return msg.SerializeToString()
-    # Appending the field to the bytes as received sets it (the last occurrence of a field wins)
-    # without re-encoding the envelope.
-    version = contract.version.encode()
-    if len(version) > 127:
-        msg.contract_version = contract.version
-        return msg.SerializeToString()
-    return raw + bytes([(_CONTRACT_VERSION << 3) | 2, len(version)]) + version
+@cache
+def _stamp(version: str) -> bytes:
+    """``contract_version`` encoded as a field, to append to an envelope as received (no re-encoding)."""
+    value = version.encode()
+    if len(value) > 127:  # a one-byte length: a version is a few characters
+        return EventIngested(contract_version=version).SerializeToString()
+    return bytes([(_CONTRACT_VERSION << 3) | 2, len(value)]) + value
+
+
+def _rewritten(msg: EventIngested, contract: Contract, record: dict[str, object]) -> bytes:
+    """The envelope with the payload as forwarded (unknown fields dropped) and the contract version."""
+    msg.payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+    msg.content_type = JSON
+    msg.contract_version = contract.version
+    return msg.SerializeToString()
