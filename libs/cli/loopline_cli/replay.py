@@ -38,8 +38,8 @@ from loopline_core.archive import (
     MANIFEST,
     PARQUET,
     ArchivedRecord,
-    hour_prefix,
     hours,
+    key_range,
     read_manifest,
     verified_rows,
 )
@@ -121,6 +121,19 @@ def select(records: list[ArchivedRecord], start_us: int, end_us: int) -> tuple[l
     return out, kept - len(out)
 
 
+def _list_window(store: ObjectStore, root: str, dataset: str, start_us: int, end_us: int) -> list[str]:
+    """The keys of the archive's hour partitions overlapping the window, in one ordered listing."""
+    prefix, start_after, low, high = key_range(root, dataset, start_us, end_us)
+    out = []
+    for obj in store.client.list_objects(BUCKET, prefix=prefix, recursive=True, start_after=start_after):
+        name = obj.object_name or ""
+        if name >= high:
+            break
+        if name >= low:
+            out.append(name)
+    return out
+
+
 def headers_for(r: ArchivedRecord, replay_id: str) -> list[tuple[str, bytes]]:
     """Headers of a republished raw record: its event id, content type, source and the replay id."""
     return [(EVENT_ID, r.event_id.encode()), (CONTENT_TYPE, r.content_type.encode()),
@@ -173,21 +186,19 @@ async def replay(settings: ReplaySettings, dataset: str, start_us: int, end_us: 
     store = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value(),
                         region=settings.s3_region)
     rows: list[ArchivedRecord] = []
-    windows = hours(start_us, end_us)
-    rep.hours = len(windows)
-    for hour in windows:
-        keys = set(await store.list_keys(BUCKET, hour_prefix(root, dataset, hour)))
-        for mkey in sorted(k for k in keys if k.endswith(MANIFEST)):
-            key = mkey.removesuffix(MANIFEST) + PARQUET
-            if key not in keys:
-                raise ReplayError(f"s3://{BUCKET}/{mkey} names s3://{BUCKET}/{key}, which is missing")
-            try:
-                manifest = read_manifest(await store.get_bytes(BUCKET, mkey), f"s3://{BUCKET}/{mkey}")
-                rows += verified_rows(await store.get_bytes(BUCKET, key), manifest, f"s3://{BUCKET}/{key}")
-            except LooplineError as exc:
-                raise ReplayError(f"refused: {exc.message}") from exc
-            rep.files.append(key)
-        rep.orphans += sorted(k for k in keys if k.endswith(PARQUET) and k.removesuffix(PARQUET) + MANIFEST not in keys)
+    rep.hours = len(hours(start_us, end_us))
+    keys = set(await asyncio.to_thread(_list_window, store, root, dataset, start_us, end_us))
+    for mkey in sorted(k for k in keys if k.endswith(MANIFEST)):
+        key = mkey.removesuffix(MANIFEST) + PARQUET
+        if key not in keys:
+            raise ReplayError(f"s3://{BUCKET}/{mkey} names s3://{BUCKET}/{key}, which is missing")
+        try:
+            manifest = read_manifest(await store.get_bytes(BUCKET, mkey), f"s3://{BUCKET}/{mkey}")
+            rows += verified_rows(await store.get_bytes(BUCKET, key), manifest, f"s3://{BUCKET}/{key}")
+        except LooplineError as exc:
+            raise ReplayError(f"refused: {exc.message}") from exc
+        rep.files.append(key)
+    rep.orphans = sorted(k for k in keys if k.endswith(PARQUET) and k.removesuffix(PARQUET) + MANIFEST not in keys)
     rep.rows_read = len(rows)
     rep.selected, rep.duplicates = select(rows, start_us, end_us)
     rep.in_window = len(rep.selected) + rep.duplicates

@@ -89,6 +89,21 @@ def hours(start_us: int, end_us: int) -> list[int]:
     return list(range(first, end_us, HOUR_US))
 
 
+def key_range(root: str, dataset: str, start_us: int, end_us: int) -> tuple[str, str, str, str]:
+    """``(prefix, start_after, low, high)`` to list a window's files in one ordered listing: the keys
+    under ``prefix`` listed after ``start_after`` that are ``>= low`` and ``< high`` are exactly those
+    of the hours overlapping ``[start_us, end_us)`` (``date=YYYY-MM-DD/hour=HH`` sorts as time does).
+    One listing costs what the window holds, not one request per hour of a window that may span years.
+
+    ``start_after`` points just past the previous hour's files rather than at the first hour's
+    folder: SeaweedFS skips a whole folder named by ``start_after``, so ``low`` filters the rest.
+    """
+    first = start_us - start_us % HOUR_US
+    last = end_us - 1 - (end_us - 1) % HOUR_US
+    return (f"{root}{dataset}/", hour_prefix(root, dataset, first - HOUR_US) + "~",
+            hour_prefix(root, dataset, first), hour_prefix(root, dataset, last + HOUR_US))
+
+
 def file_name(topic: str, ranges: dict[int, tuple[int, int]]) -> str:
     """A file's name (no extension) from its topic and ``{partition: (first, last offset)}``.
 

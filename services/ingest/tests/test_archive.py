@@ -29,6 +29,7 @@ from loopline_core.archive import (
     file_name,
     hour_prefix,
     hours,
+    key_range,
     read_manifest,
     verified_rows,
 )
@@ -66,6 +67,22 @@ def test_hours_of_a_window_cover_exactly_the_overlapping_hours() -> None:
     assert hours(t, t) == [] and hours(t + 5, t) == []
     assert hour_prefix("r/", DS, t + H) == "r/transactions/date=2026-11-23/hour=00/"
     assert hour_prefix("", DS, t) == "transactions/date=2026-11-22/hour=23/"
+
+
+def test_one_listing_finds_exactly_the_window_hours() -> None:
+    t = _us("2026-11-22T21:00:00Z")
+    keys = sorted(f"{hour_prefix('r/', ds, t + i * H)}f{j}.parquet" for i in range(6) for j in range(2)
+                  for ds in (DS, "transactions2"))
+    for start, end in ((t + H, t + 3 * H), (t + H + 1, t + 3 * H + 1), (t, t + 1), (t + 5 * H - 1, t + 9 * H)):
+        prefix, after, low, high = key_range("r/", DS, start, end)
+        listed = [k for k in keys if k.startswith(prefix) and k > after and low <= k < high]
+        assert [k for k in keys if k.startswith(prefix) and k > after][:len(listed)] == listed  # nothing skipped
+        expected = [k for k in keys if any(k.startswith(hour_prefix("r/", DS, h)) for h in hours(start, end))]
+        assert listed == expected and listed
+    # 1970 .. 2100: still one listing
+    assert key_range("", DS, 0, 4102444800 * 1_000_000) == (
+        "transactions/", "transactions/date=1969-12-31/hour=23/~", "transactions/date=1970-01-01/hour=00/",
+        "transactions/date=2100-01-01/hour=00/")
 
 
 def test_files_split_by_hour_with_deterministic_names_and_bytes() -> None:
@@ -350,6 +367,23 @@ async def _tampered_file_is_refused(run: _Run, manifests: dict[str, dict[str, An
                             code=1)
     assert f"s3://{BUCKET}/{victim}" in refused.stderr and "sha256" in refused.stderr
     assert len(await _records(run.bootstrap, fresh)) == published, "nothing published after a refusal"
+    # a manifest whose file is gone is refused; a file without a manifest (a write cut short) is skipped
+    gone_manifest = next(k for k in sorted(manifests) if "/hour=22/" in k)
+    gone = gone_manifest.removesuffix(MANIFEST) + PARQUET
+    saved = await run.store.get_bytes(BUCKET, gone)
+    await asyncio.to_thread(run.store.client.remove_object, BUCKET, gone)
+    missing = await _replay(run.env, "--dataset", DS, "--from", "2026-11-22T22:00:00Z", "--to", "2026-11-22T23:00:00Z",
+                            "--dry-run", code=1)
+    assert f"s3://{BUCKET}/{gone}, which is missing" in missing.stderr
+    await run.store.put_bytes(BUCKET, gone, saved)
+    orphan = gone.rsplit("/", 1)[0] + "/half-written.parquet"
+    await run.store.put_bytes(BUCKET, orphan, b"PAR1 cut short")
+    skipped = await _replay(run.env, "--dataset", DS, "--from", "2026-11-22T22:00:00Z", "--to",
+                            "2026-11-22T23:00:00Z", "--dry-run")
+    assert f"skipped s3://{BUCKET}/{orphan}: no manifest" in skipped.stdout
+    # a window over all of time is one listing, and refuses the damaged hour like any other
+    everything = await _replay(run.env, "--dataset", DS, "--from", "0", "--to", "4102444800", "--dry-run", code=1)
+    assert f"s3://{BUCKET}/{victim}" in everything.stderr
     # a window that does not reach the damaged hour still replays
     ok = json.loads((await _replay(run.env, "--dataset", DS, "--from", WINDOW[0], "--to", "2026-11-23T00:00:00Z",
                                    "--to-topic", fresh, "--dry-run", "--json")).stdout)
