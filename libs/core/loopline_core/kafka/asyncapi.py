@@ -120,11 +120,15 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
     for d in datasets:
         out += [
             Channel(namer.raw(d), Transaction, "the entity id (customer_id)", ("upstream producers",), ("ingest",),
-                    "application/json", (CONTENT_TYPE, EVENT_ID, "x-loopline-ts-unit", "x-loopline-source"),
+                    "application/json", (CONTENT_TYPE, EVENT_ID, "x-loopline-ts-unit", "x-loopline-source",
+                                        "x-loopline-replay"),
                     "Records that cannot be read go to the dead-letter topic with the reason. Binary protobuf "
                     "(loopline.datasets.v1.Transaction) with content-type application/x-protobuf."),
-            Channel(namer.ingested(d), envelope, "the entity id, else the event id", ("ingest",), ("validator",),
-                    note="One envelope per new event id (duplicates are dropped)."),
+            Channel(namer.ingested(d), envelope, "the entity id, else the event id", ("ingest",),
+                    ("validator", "ingest (raw archive)"),
+                    headers=(CONTENT_TYPE, MESSAGE_TYPE, "traceparent", "x-loopline-replay"),
+                    note="One envelope per new event id (duplicates are dropped); a record replayed from the raw "
+                         "archive goes out again with x-loopline-replay and is not archived twice."),
             Channel(namer.valid(d), envelope, "the entity id, else the event id", ("validator",),
                     ("feature", "trainer"), headers=(CONTENT_TYPE, MESSAGE_TYPE, "traceparent",
                                                      "x-loopline-contract")),
