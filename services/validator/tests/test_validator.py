@@ -200,3 +200,17 @@ async def test_two_majors_in_their_window_and_the_old_one_after_it(
     failed = await quiet(bootstrap, namer.validation_failed("transactions"), 1)
     event = ValidationFailed.FromString(failed[0].value)
     assert event.metadata.event_id == "b1" and event.contract_version == "2.0"
+
+
+async def test_a_broken_contract_file_is_refused_and_the_current_one_keeps_serving(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher,
+        tmp_path: Path) -> None:
+    root = _contracts(tmp_path, _doc(1))
+    (root / "transactions" / "v2.json").write_text('{"$schema": "https://json-schema.org/draft/2020-12/schema", ')
+    svc = services("validator", env={"validator": {"LOOPLINE_CONTRACTS_DIR": str(root)}})
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    await publisher.publish(namer.ingested("transactions"), _envelope(json.dumps(GOOD).encode(), "k1"), key="c1")
+    valid = await quiet(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.valid("transactions"), 1)
+    assert [r.header("x-loopline-contract") for r in valid] == ["transactions/v1"]
+    refused = [line for line in svc.running["validator"].log.read_text().splitlines() if "contract refused" in line]
+    assert len(refused) == 1 and "v2.json: not JSON" in refused[0]

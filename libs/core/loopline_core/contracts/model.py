@@ -178,7 +178,7 @@ class Contracts:
                 if strict:
                     raise
                 refused[str(file)] = str(exc)
-                log.warning("contract refused", extra={"file": str(file), "reason": str(exc)})
+                log.warning("contract refused: %s", exc, extra={"file": str(file)})
         return cls(loaded, refused)
 
     def datasets(self) -> list[str]:

@@ -14,10 +14,10 @@ from loopline_validator.settings import Settings
 
 async def main(stop: asyncio.Event) -> None:
     settings = Settings()  # type: ignore[call-arg]
+    rt = await start_runtime("validator", settings)
     contracts = Contracts.load(settings.contracts_dir)
     for dataset in settings.datasets:
         contracts.current(dataset)  # a dataset without a contract stops the start, not the first record
-    rt = await start_runtime("validator", settings)
     handler = IngestedHandler(rt.publisher, rt.namer, contracts)
     rt.subscribe([rt.namer.ingested(d) for d in settings.datasets], handler.decode, handler.on_ingested)
     await serve_until(rt, stop)
