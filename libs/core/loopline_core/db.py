@@ -26,14 +26,25 @@ def _check_schema(schema: str) -> str:
     return schema
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections see only ``schema`` (and ``public``) on their search path."""
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10,
+                      reset_on_release: bool = True) -> asyncpg.Pool:
+    """A pool whose connections see only ``schema`` (and ``public``) on their search path.
+
+    ``reset_on_release=False`` skips asyncpg's reset (unlock, close cursors, unlisten, reset settings)
+    when a connection goes back: one round trip less per query, for a pool whose users keep no session
+    state (transaction-scoped locks only, no LISTEN, no SET).
+    """
     _check_schema(schema)
+    extra = {} if reset_on_release else {"reset": _no_reset}
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                      server_settings={"search_path": f"{schema},public",
-                                                      "application_name": f"loopline-{schema}"})
+                                                      "application_name": f"loopline-{schema}"}, **extra)
     assert pool is not None
     return pool
+
+
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    return None
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, migrations: Sequence[Migration]) -> list[int]:

@@ -24,7 +24,8 @@ async def main(stop: asyncio.Event) -> None:
     settings = Settings()  # type: ignore[call-arg]
     views = catalog.load(settings.feature_views_dir)  # a broken view file stops the start, with its reason
     rt = await start_runtime("feature", settings)
-    pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
+    # The store keeps no session state (transaction-scoped locks only): no reset round trip per read.
+    pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA, reset_on_release=False)
     await migrate(pool, SCHEMA, MIGRATIONS)
     store = FeatureStore(pool)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
