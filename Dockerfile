@@ -4,7 +4,11 @@ WORKDIR /app
 COPY pyproject.toml requirements.lock ./
 COPY libs ./libs
 COPY services ./services
+# Data contracts and feature views are data the services read at start.
+COPY contracts ./contracts
+COPY features ./features
 RUN pip install --no-cache-dir -c requirements.lock . \
     && useradd --system loopline
 USER loopline
+ENV LOOPLINE_CONTRACTS_DIR=/app/contracts LOOPLINE_FEATURE_VIEWS_DIR=/app/features
 ENTRYPOINT ["loopline"]
