@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError
 
 from loopline_core.contracts.explain import WORDS, Violation, generate, join, json_type, short, uses_combinators
+from loopline_core.jsonx import finite
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -165,23 +166,6 @@ def _explain(error: ValidationError) -> list[Violation]:  # noqa: PLR0911 - one 
 def _line(text: str) -> str:
     one = " ".join(text.split())
     return one if len(one) <= 200 else one[:197] + "..."
-
-
-def finite(value: Any) -> bool:
-    """No NaN or infinity anywhere (JSON input is clean already; protobuf doubles may not be).
-    ``v - v`` is 0.0 for a finite float and NaN otherwise; iterative, so nesting costs no stack."""
-    pending = [value]
-    while pending:
-        current = pending.pop()
-        items = current.values() if type(current) is dict else current if type(current) is list else ()
-        for v in items:
-            kind = type(v)
-            if kind is float:
-                if v - v != 0.0:
-                    return False
-            elif kind is dict or kind is list:
-                pending.append(v)
-    return True
 
 
 def _non_finite(value: Any, path: str) -> list[str]:
