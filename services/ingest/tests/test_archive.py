@@ -388,3 +388,81 @@ async def _tampered_file_is_refused(run: _Run, manifests: dict[str, dict[str, An
     ok = json.loads((await _replay(run.env, "--dataset", DS, "--from", WINDOW[0], "--to", "2026-11-23T00:00:00Z",
                                    "--to-topic", fresh, "--dry-run", "--json")).stdout)
     assert ok["selected"] == sum(1 for e in run.events if T0 + 3600 <= e[1] < T0 + 2 * 3600)
+
+
+# --- the object store away: the archive waits, ingest does not --------------------------------------------
+
+
+class _Gate:
+    """A TCP proxy to the S3 store that a test can close and open again (an outage it controls)."""
+
+    def __init__(self, target: str) -> None:
+        self.host, port = target.removeprefix("http://").rsplit(":", 1)
+        self.port = int(port)
+        self.server: asyncio.Server | None = None
+        self.listen_port = 0
+        self.conns: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(self.host, self.port)
+        self.conns |= {w, uw}
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    async def open(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.listen_port)
+        self.listen_port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in self.conns:
+            w.close()
+        self.conns.clear()
+        await self.server.wait_closed()
+
+
+async def test_store_outage_delays_the_archive_and_loses_nothing(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher,
+        store: ObjectStore) -> None:
+    prefix = isolated["LOOPLINE_TOPIC_PREFIX"]
+    gate = _Gate(isolated["LOOPLINE_S3_ENDPOINT"])
+    await gate.open()
+    svc = services("ingest", env={"ingest": {
+        "LOOPLINE_ARCHIVE_PREFIX": prefix, "LOOPLINE_ARCHIVE_LINGER_MS": "500",
+        "LOOPLINE_S3_ENDPOINT": f"http://127.0.0.1:{gate.listen_port}", "LOOPLINE_RETRY_BUDGET_S": "600",
+        "LOOPLINE_RETRY_MAX_ATTEMPTS": "1000", "LOOPLINE_RETRY_MAX_BACKOFF_S": "1"}})
+    namer = TopicNamer(prefix)
+    bootstrap = isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
+    await gate.close()  # the store is away before the first record
+    ids = [f"o-{i:02d}" for i in range(30)]
+    for i, eid in enumerate(ids):
+        txn = transaction(eid, i, T0 + i * 400)
+        await publisher.publish(namer.raw(DS), json.dumps(txn).encode(), key=txn["customer_id"],
+                                content_type="application/json")
+    # ingest goes on without the store; the archive neither writes nor commits
+    await quiet(bootstrap, namer.ingested(DS), len(ids), wait_s=0, settled={namer.group("ingest"): [namer.raw(DS)]})
+    log = svc.running["ingest"].log
+    async with asyncio.timeout(90):  # the S3 client retries inside one attempt first; then the bus backs off
+        while log.read_text().count("transient failure: partition paused, will retry") < 2:
+            await asyncio.sleep(0.2)
+    assert await _archive(store, f"{prefix}/") == {}
+    assert await _records(bootstrap, namer.dlq(DS)) == [], "an outage within the budget dead-letters nothing"
+    await gate.open()  # the same port: the service's endpoint is unchanged
+    await quiet(bootstrap, namer.ingested(DS), 0, wait_s=0,
+                settled={namer.group("ingest-archive"): [namer.ingested(DS)]}, timeout=120)
+    manifests = await _archive(store, f"{prefix}/")
+    rows = [r for m in manifests for r in verified_rows(
+        await store.get_bytes(BUCKET, m.removesuffix(MANIFEST) + PARQUET), manifests[m], m)]
+    counts = Counter(r.event_id for r in rows)
+    assert sorted(counts) == ids and set(counts.values()) == {1}
+    await gate.close()
