@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -52,6 +51,8 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import ROOT, cli, code_under_test, create_database, machine, print_context
+
 # The features compared, in this order (one edit to switch; the harness compares whatever names
 # Loopline's response gives back).
 FEATURES = ["txn_count_1h", "txn_count_24h", "mean_amount_24h", "sum_amount_24h", "txn_count_7d", "max_amount_7d",
@@ -64,8 +65,6 @@ LOOPLINE, SERVER, SDK = "loopline grpc", "feast feature server", "feast sdk (in-
 LOOPLINE_FLOOR, SERVER_FLOOR = "grpc floor (health check)", "http floor (GET /health)"
 TARGETS = {"loopline_p99_ms_batch1": 5.0, "throughput_vs_feature_server": 2.0, "rows_per_s_64_vs_sdk": 2.0}
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 PEER = ROOT / "bench" / "feast_peer.py"
 REQUIREMENTS = ROOT / "bench" / "feast-requirements.txt"
 CACHE = ROOT / ".cache"
@@ -492,28 +491,8 @@ def show_one(m: Measured) -> None:
 # ---- orchestration ------------------------------------------------------------------------------
 
 
-async def create_database(dsn: str, name: str) -> str:
-    import asyncpg  # noqa: PLC0415
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"create database {name}")
-    finally:
-        await conn.close()
-    return dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
-def git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=20)  # noqa: S607
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout
-
-
-def code_under_test() -> dict[str, Any]:
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", *MEASURED_PATHS).splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes_in_measured_paths": dirty}
 
 
 def ratios(measured: list[Measured], concurrency: int) -> dict[str, Any]:
@@ -560,7 +539,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
     from loopline_stack.services import ServiceSet  # noqa: PLC0415
     from loopline_stack.stack import Stack, StackConfig  # noqa: PLC0415
 
-    code = code_under_test()
+    code = code_under_test(MEASURED_PATHS)
     venv, venv_build_s = feast_venv()
     load_before = os.getloadavg()
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
@@ -667,9 +646,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
                       "venv_built_s": None if venv_build_s is None else round(venv_build_s, 1),
                       "online_store": "postgres (same server, own database)", "server_workers": 1,
                       "rows_written": feast_setup["rows"], "write_s": feast_setup["write_s"]},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                        "load_avg_before": [round(x, 2) for x in load_before],
-                        "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
+            "machine": machine(load_before),
             "method": "closed loops (each worker calls back to back) with the same random batches for every "
                       "system; systems measured one after the other, in alternating rounds (rates: median of "
                       "the rounds; percentiles: all calls); floors: a health check on the same client/server; "
@@ -739,20 +716,10 @@ def show(result: dict[str, Any]) -> None:
                   "n/a" if ratio is None else f"{ratio:.2f}x", f"≥ {TARGETS['rows_per_s_64_vs_sdk']:g}x",
                   verdict(r["met"]["rows_per_s_64_vs_sdk"]))
     out.print(table)
-    machine = result["machine"]
-    out.print(f"load average (1 min) before/after: {machine['load_avg_before'][0]:.1f}/"
-              f"{machine['load_avg_after'][0]:.1f} on {machine['cpus']} cores")
-    if result["code"]["uncommitted_changes_in_measured_paths"]:
-        out.print(f"[yellow]measured with uncommitted changes in: "
-                  f"{', '.join(result['code']['uncommitted_changes_in_measured_paths'])}[/]")
+    print_context(out, result)
 
 
-def save(result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = result["measured_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    path = RESULTS / f"features-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -775,25 +742,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt  # as Ctrl-C: the finally blocks stop what we started
+
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        result = run(args)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        console.print("[red]interrupted; everything started was stopped[/]")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - one line for the person running it; the logs have the rest
-        console.print(f"[red]feature benchmark failed: {exc}[/]")
-        sys.exit(1)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    show(result)
-    console.print(f"figures written to {save(result).relative_to(ROOT)}")
+    cli("features", parse_args(argv), run, show, console)
 
 
 if __name__ == "__main__":

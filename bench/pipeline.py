@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -42,8 +41,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from bench.common import ROOT, cli, code_under_test, create_database, machine, print_context, terminate
+
 DATASET = "transactions"
 PARTITIONS = 3
 # The code under test: recorded with the figures, since other work may be uncommitted in the tree.
@@ -382,16 +381,6 @@ async def warm_up(producer: AIOKafkaProducer, pipes: Sequence[Pipeline], workloa
 # ---- orchestration ------------------------------------------------------------------------------
 
 
-async def create_database(dsn: str, name: str) -> str:
-    import asyncpg  # noqa: PLC0415
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"create database {name}")
-    finally:
-        await conn.close()
-    return dsn.rsplit("/", 1)[0] + f"/{name}"
-
 
 class BareProcess:
     """The peer as its own OS process (as each platform service is), stopped by its own pid."""
@@ -487,17 +476,7 @@ async def _run_benchmarks(args: argparse.Namespace, env: dict[str, str], prefix:
             "platform_dead_lettered": dead_lettered}
 
 
-def git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=20)  # noqa: S607
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout
 
-
-def code_under_test() -> dict[str, Any]:
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", *MEASURED_PATHS).splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes_in_measured_paths": dirty}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -505,7 +484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from loopline_stack.services import ServiceSet  # noqa: PLC0415
     from loopline_stack.stack import Stack, StackConfig  # noqa: PLC0415
 
-    code = code_under_test()  # before the run: this is the code the services start from
+    code = code_under_test(MEASURED_PATHS)  # before the run: this is the code the services start from
     load_before = os.getloadavg()
     if load_before[0] > (os.cpu_count() or 1):
         console.print(f"[yellow]the machine is busy (load {load_before[0]:.1f} on {os.cpu_count()} cores): "
@@ -553,9 +532,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "code": code,
             "params": {"events": args.events, "rounds": args.rounds, "rate": args.rate, "seconds": args.seconds,
                        "warmup": args.warmup, "partitions": PARTITIONS, "seed": args.seed, "timeout_s": args.timeout},
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                        "load_avg_before": [round(x, 2) for x in load_before],
-                        "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
+            "machine": machine(load_before),
             "method": "same broker, same records; pipelines measured one after the other (not concurrently); "
                       "producer and readers in the bench process; platform = ingest + validator processes "
                       "(Postgres dedupe); bare = one aiokafka process getmany->loads->dumps->produce->commit "
@@ -602,20 +579,10 @@ def show(result: dict[str, Any]) -> None:
     for name in ("platform", "bare"):
         for note in lat[name]["notes"]:
             out.print(f"[yellow]{name}: {note}[/]")
-    machine = result["machine"]
-    out.print(f"load average (1 min) before/after: {machine['load_avg_before'][0]:.1f}/"
-              f"{machine['load_avg_after'][0]:.1f} on {machine['cpus']} cores")
-    if result["code"]["uncommitted_changes_in_measured_paths"]:
-        out.print(f"[yellow]measured with uncommitted changes in: "
-                  f"{', '.join(result['code']['uncommitted_changes_in_measured_paths'])}[/]")
+    print_context(out, result)
 
 
-def save(result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = result["measured_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    path = RESULTS / f"pipeline-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -634,8 +601,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt  # as Ctrl-C: the finally blocks stop what we started
+
 
 
 @contextlib.contextmanager
@@ -650,24 +616,11 @@ def sigterm_cancels_this_task() -> Iterator[None]:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGTERM)  # this leaves SIG_DFL behind
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        result = run(args)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        console.print("[red]interrupted; everything started was stopped[/]")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - one line for the person running it; the logs have the rest
-        console.print(f"[red]pipeline benchmark failed: {exc}[/]")
-        sys.exit(1)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    show(result)
-    console.print(f"figures written to {save(result).relative_to(ROOT)}")
+    cli("pipeline", parse_args(argv), run, show, console)
 
 
 if __name__ == "__main__":
