@@ -322,7 +322,8 @@ async def wait_count(count: Callable[[], Awaitable[int]], target: int, timeout: 
 
 @dataclass(frozen=True)
 class Tally:
-    """What the pipeline's sinks hold, by event id, once it settled."""
+    """What the pipeline's sinks hold, by event id, once it settled (``offline``: the feature service's
+    event log, one view: one row per event id)."""
 
     valid: Counter[str]
     offline: TableCount
@@ -332,20 +333,20 @@ class Tally:
     def describe(self) -> str:
         v = self.valid
         return (f"valid topic {sum(v.values())} records / {len(v)} ids ({sum(v.values()) - len(v)} repeats); "
-                f"offline_log {self.offline.rows} rows / {self.offline.distinct} ids; seen_events "
+                f"feature events {self.offline.rows} rows / {self.offline.distinct} ids; seen_events "
                 f"{self.seen.rows} rows / {self.seen.distinct} ids; dlq {self.dlq} records")
 
 
 async def settle(bootstrap: str, dsn: str, namer: TopicNamer, dataset: str, expected: int,
                  timeout: float = 180.0) -> Tally:
-    """Wait until the offline log holds ``expected`` ids (or stops growing), then until ingest, validator
+    """Wait until the feature event log holds ``expected`` ids (or stops growing), then until ingest, validator
     and feature committed their inputs to the end (nothing is in flight); then count every sink."""
-    await wait_count(lambda: table_distinct(dsn, "feature.offline_log"), expected, timeout=timeout)
+    await wait_count(lambda: table_distinct(dsn, "feature.events"), expected, timeout=timeout)
     await wait_committed(bootstrap, [(namer.group("ingest"), namer.raw(dataset)),
                                      (namer.group("validator"), namer.ingested(dataset)),
                                      (namer.group("feature"), namer.valid(dataset))], timeout=timeout)
     return Tally(await topic_event_ids(bootstrap, namer.valid(dataset)),
-                 await table_event_ids(dsn, "feature.offline_log"), await table_event_ids(dsn, "ingest.seen_events"),
+                 await table_event_ids(dsn, "feature.events"), await table_event_ids(dsn, "ingest.seen_events"),
                  await topic_size(bootstrap, namer.dlq(dataset)))
 
 
@@ -357,7 +358,7 @@ def check_once(tally: Tally, expected: set[str], where: str) -> None:
     assert expected <= valid, f"{len(expected - valid)} ids missing from the valid topic, e.g. " \
                               f"{sample(expected - valid)}: {where}"
     assert valid <= expected, f"unknown ids on the valid topic: {sample(valid - expected)}: {where}"
-    for name, table in (("feature.offline_log", tally.offline), ("ingest.seen_events", tally.seen)):
+    for name, table in (("feature.events", tally.offline), ("ingest.seen_events", tally.seen)):
         assert table.ids == expected, f"{name} lacks {len(expected - table.ids)} ids, e.g. " \
                                       f"{sample(expected - table.ids)}; unknown {sample(table.ids - expected)}: {where}"
         assert table.rows == table.distinct == len(expected), f"{name} holds an id twice: {where}"
