@@ -2,8 +2,8 @@
 
 A label arrives as the protobuf ``loopline.labels.v1.Label`` (content type
 ``application/x-protobuf``) or as a JSON object ``{"event_id": "...", "label": 0|1|number|bool,
-"ts": <label time>}``. The label time is epoch seconds, epoch milliseconds (magnitude at least
-1e11, as for events) or a zoned ISO-8601 string; absent, it is the Kafka record's timestamp.
+"ts": <label time>}``. The label time follows the rule for event times (``loopline_core.times``: epoch seconds,
+milliseconds from 1e11 on, or zoned ISO-8601); absent, it is the Kafka record's timestamp.
 Anything else raises INVALID_ARGUMENT, so the record goes to the dead letters with the reason.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -20,9 +19,9 @@ from loopline.labels.v1.label_pb2 import Label as LabelPb
 from loopline_core.errors import invalid
 from loopline_core.jsonx import loads_strict
 from loopline_core.kafka.records import CONTENT_TYPE, Record
+from loopline_core.times import parse_time
 
 PROTOBUF = "application/x-protobuf"
-MAX_TIME = 4102444800.0  # 2100-01-01
 MAX_ID_LENGTH = 256
 
 
@@ -46,12 +45,14 @@ def decode_label(record: Record) -> Label:
         except DecodeError as exc:
             raise invalid("a protobuf label that does not decode") from exc
         at = msg.labelled_at.ToNanoseconds() / 1e9 if msg.HasField("labelled_at") else fallback
-        return Label(msg.dataset or dataset, _event_id(msg.event_id), _value(msg.value), _time(at))
+        return Label(msg.dataset or dataset, _event_id(msg.event_id), _value(msg.value),
+                     parse_time(at, None, "ts", "label time"))
     body = loads_strict(record.value)
     if not isinstance(body, dict):
         raise invalid("a label must be a JSON object")
     at = body.get("ts", fallback)
-    return Label(dataset, _event_id(body.get("event_id")), _value(body.get("label")), _time(at))
+    return Label(dataset, _event_id(body.get("event_id")), _value(body.get("label")),
+                 parse_time(at, None, "ts", "label time"))
 
 
 def _event_id(value: Any) -> str:
@@ -68,20 +69,3 @@ def _value(value: Any) -> float:
         raise invalid("a label needs a finite numeric (or boolean) label", field="label")
     return float(value)
 
-
-def _time(value: Any) -> float:
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise invalid(f"label time {value[:40]!r} is not ISO-8601", field="ts") from exc
-        if parsed.tzinfo is None:
-            raise invalid("a label time string needs a zone", field="ts")
-        seconds = parsed.timestamp()
-    elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise invalid("a label time must be epoch seconds, milliseconds or ISO-8601", field="ts")
-    else:
-        seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)
-    if not 0.0 <= seconds < MAX_TIME:
-        raise invalid("a label time must fall in 1970..2100", field="ts")
-    return seconds

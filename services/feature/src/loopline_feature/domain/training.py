@@ -52,7 +52,7 @@ def build(view: FeatureView, as_of: float, rows: Sequence[Row], timelines: Mappi
     ts = TrainingSet(view.ref, as_of, list(view.vector))
     empty = Timeline(width=len(view.numbers))
     for r in sorted(rows, key=lambda r: (r.event_time, r.event_id)):
-        request = view.request_of_values(r.numbers, r.strings)
+        request = view.request_of(r.numbers, r.strings)
         ts.features.append(view.values(timelines.get(r.entity_id, empty), r.event_time, request, view.vector))
         ts.event_ids.append(r.event_id)
         ts.entity_ids.append(r.entity_id)

@@ -172,11 +172,8 @@ class FeatureView:
         than the allowed lateness (``watermark`` is that newest time, None before any event)."""
         return watermark is None or event_time >= watermark - self.lateness_s
 
-    def request_of(self, event: Event) -> Request:
-        """The request row an event would have been scored with."""
-        return self.request_of_values(event.numbers, event.strings)
-
-    def request_of_values(self, numbers: Sequence[float], strings: Sequence[str]) -> Request:
+    def request_of(self, numbers: Sequence[float], strings: Sequence[str]) -> Request:
+        """The request row an event with these kept values would have been scored with."""
         return Request(dict(zip(self.numbers, numbers, strict=True)), dict(zip(self.strings, strings, strict=True)))
 
     def event(self, event_id: str, entity_id: str, event_time: float, payload: Mapping[str, Any]) -> Event:

@@ -6,7 +6,7 @@ from typing import Any
 
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline_core.contracts import Contracts
-from loopline_core.errors import invalid
+from loopline_core.errors import LooplineError, invalid
 from loopline_core.kafka import Item, Record
 from loopline_core.kafka.codec import proto
 from loopline_core.labels import Label, decode_label
@@ -44,11 +44,12 @@ class EventHandlers:
 
     def _payload(self, msg: EventIngested) -> dict[str, Any]:
         """The record in the envelope, JSON or protobuf, read by the contract major it met."""
-        if msg.dataset not in self.contracts.datasets():
-            raise invalid(f"no contract for dataset {msg.dataset[:64]!r}")
         major = msg.contract_version.split(".", 1)[0]
-        contract = (self.contracts.get(msg.dataset, int(major)) if major.isdigit()
-                    else self.contracts.current(msg.dataset))
+        try:
+            contract = (self.contracts.get(msg.dataset, int(major)) if major.isdigit()
+                        else self.contracts.current(msg.dataset))
+        except LooplineError as exc:  # no such contract: this record can never be read (dead letter)
+            raise invalid(exc.message) from exc
         return contract.decode(msg.content_type or None, msg.payload)
 
     async def on_valid(self, items: list[Item[list[tuple[FeatureView, Event]]]]) -> None:

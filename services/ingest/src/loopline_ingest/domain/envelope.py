@@ -23,20 +23,16 @@ Input rules (what an upstream producer may send):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from loopline_core.contracts import Contract
 from loopline_core.errors import invalid
 from loopline_core.events import derived_id
 from loopline_core.jsonx import canonical, loads_strict
+from loopline_core.times import parse_time
 
-MS_THRESHOLD = 1e11
-MIN_TIME = 0.0
-MAX_TIME = 4102444800.0  # 2100-01-01T00:00:00Z
 MAX_ID_LENGTH = 256
 
 
@@ -55,36 +51,6 @@ class Envelope:
     replay: str | None = None
     """The ``x-loopline-replay`` header of a record republished from the raw archive: forwarded again
     even though its id was seen, and the header goes on with it."""
-
-
-def parse_time(value: Any, unit: str | None = None, field: str = "ts") -> float:
-    """Epoch seconds from epoch seconds, epoch milliseconds or a zoned ISO-8601 string."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise invalid("event time must be a number or an ISO-8601 string", field=field)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise invalid(f"event time {value[:64]!r} is not ISO-8601", field=field) from exc
-        if parsed.tzinfo is None:
-            raise invalid(f"event time {value[:64]!r} has no zone (add Z or an offset)", field=field)
-        seconds = parsed.timestamp()
-    else:
-        if unit == "iso":
-            raise invalid("event time must be an ISO-8601 string", field=field)
-        if unit not in (None, "s", "ms"):
-            raise invalid(f"x-loopline-ts-unit must be s or ms, not {unit[:16]!r}", field=field)
-        try:
-            number = float(value)
-        except OverflowError:
-            raise invalid(f"event time {str(value)[:32]}... is outside 1970..2100", field=field) from None
-        if not math.isfinite(number):
-            raise invalid("event time must be finite", field=field)
-        millis = unit == "ms" or (unit is None and abs(number) >= MS_THRESHOLD)
-        seconds = number / 1000.0 if millis else number
-    if not MIN_TIME <= seconds < MAX_TIME:
-        raise invalid(f"event time {str(value)[:64]!r} is outside 1970..2100", field=field)
-    return seconds
 
 
 def _event_id(header: str | None, payload: dict[str, Any], dataset: str, field: str | None) -> str:
