@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ def to_parquet(ts: TrainingSet) -> bytes:
 
 async def store(objects: ObjectStore, ts: TrainingSet) -> Snapshot:
     """Write the Parquet and its manifest unless that digest is already stored."""
-    data = to_parquet(ts)
+    data = await asyncio.to_thread(to_parquet, ts)  # off the loop that serves online reads
     digest = hashlib.sha256(data).hexdigest()
     prefix = f"{ts.view.replace(':', '/v')}/{digest}"
     key, manifest_key = f"{prefix}.parquet", f"{prefix}.manifest.json"

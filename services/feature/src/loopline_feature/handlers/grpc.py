@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -90,7 +91,8 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
             raise precondition(f"no labelled events in view {view.ref} as of {as_of}")
         lo, hi = training.history_span(view, rows)
         history = await self.store.history(view, sorted({r.entity_id for r in rows}), lo, hi)
-        ts = training.build(view, as_of, rows, history)
+        # A big set takes seconds of CPU: build it off the loop that serves online reads.
+        ts = await asyncio.to_thread(training.build, view, as_of, rows, history)
         snap = await snapshots.store(self.objects, ts)
         BUILT.labels(view.ref).observe(len(ts.labels))
         return pb.BuildTrainingSetResponse(uri=snap.uri, digest=snap.digest, rows=len(ts.labels),

@@ -34,7 +34,7 @@ class ArchiveWriter:
         Files are put concurrently, each Parquet before its manifest. Any failure raises (a transient
         one, for the bus: the batch is not committed and comes again, and rewrites the same names).
         """
-        files = self.build(records)
+        files = await asyncio.to_thread(self.build, records)  # Parquet encoding off the loop ingest serves on
 
         async def put(f: ArchiveFile) -> None:
             await self.objects.put_bytes(self.bucket, f.key, f.data, metadata={"sha256": f.manifest["sha256"]})
