@@ -12,6 +12,8 @@ class ErrorKind(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    # A compare-and-set lost: someone else changed the thing first. Re-read and decide again.
+    ABORTED = "ABORTED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -45,6 +47,10 @@ def not_found(message: str) -> LooplineError:
 
 def precondition(message: str) -> LooplineError:
     return LooplineError(ErrorKind.FAILED_PRECONDITION, message)
+
+
+def aborted(message: str, **details: str) -> LooplineError:
+    return LooplineError(ErrorKind.ABORTED, message, details)
 
 
 # What a record's own content can raise when code reads it: retrying the same bytes cannot help.

@@ -21,6 +21,7 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
@@ -44,12 +45,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     try:
                         return await inner(request, ctx)
                     except LooplineError as exc:
-                        await ctx.abort(STATUS[exc.kind], exc.message)
+                        # details travel as trailing metadata (x-loopline-<name>), e.g. a CAS loser's current holder
+                        trailers = tuple((f"x-loopline-{k.replace('_', '-')}", _header_value(v))
+                                         for k, v in exc.details.items())
+                        await ctx.abort(STATUS[exc.kind], exc.message, trailers)
             finally:
                 context.detach(token)
 
         return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
+
+
+def _header_value(value: object) -> str:
+    """Metadata values must be printable ASCII."""
+    text = str(value).encode("ascii", "backslashreplace").decode()
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:1024]
 
 
 async def start_server(adders: Iterable[Callable[[grpc.aio.Server], None]], port: int,

@@ -35,7 +35,7 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) ->
 
 
 def _txn(event_id: str, customer: str, t: float, amount: float, category: str = "grocery") -> bytes:
-    payload = {"customer_id": customer, "amount": amount, "merchant_category": category, "ts": t}
+    payload = {"customer_id": customer, "amount": amount, "merchant_category": category, "country": "DE", "ts": t}
     return EventIngested(metadata=metadata("test", event_id), dataset="transactions", event_time=timestamp(t),
                          content_type="application/json", payload=json.dumps(payload).encode()).SerializeToString()
 
@@ -68,7 +68,8 @@ async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, s
     await publisher.publish(topic, _txn("late", "c1", T0 + 1.5 * H, 50.0), key="c1")  # 30 min late: admitted
     await publisher.publish(topic, _txn("too-late", "c1", T0 - 2 * H, 999.0), key="c1")  # 4 h late: nowhere
     await publisher.publish(topic, b"\x00not a protobuf", key="c1")  # dead letter, the rest flows
-    binary = Transaction(customer_id="c1", amount=40.0, merchant_category="travel", ts=T0 + 1.75 * H)
+    binary = Transaction(customer_id="c1", amount=40.0, merchant_category="travel", country="FR",
+                         ts=T0 + 1.75 * H)
     await publisher.publish(topic, EventIngested(  # a protobuf record, read through its contract
         metadata=metadata("test", "proto"), dataset="transactions", event_time=timestamp(T0 + 1.75 * H),
         content_type="application/x-protobuf", contract_version="1.0",

@@ -125,7 +125,7 @@ def test_online_and_offline_agree_whatever_the_arrival_order(rows: list, probes:
 
 
 def test_a_training_row_sees_only_the_events_before_it() -> None:
-    rows = [training.Row(f"e{i}", "c1", T0 + i * H, T0 + i * H + 60, float(i == 3), (a,), ("grocery",))
+    rows = [training.Row(f"e{i}", "c1", T0 + i * H, T0 + i * H + 60, float(i == 3), (a,), ("grocery", f"C{i % 2}"))
             for i, a in enumerate([10.0, 20.0, 30.0, 1000.0])]
     history = {"c1": Timeline([r.event_time for r in rows], [[r.numbers[0] for r in rows]])}
     ts = training.build(VIEW, T0 + 10 * H, list(reversed(rows)), history)
@@ -134,3 +134,5 @@ def test_a_training_row_sees_only_the_events_before_it() -> None:
     assert counts == [0.0, 1.0, 2.0, 3.0]
     assert ts.features[3][4] == pytest.approx(1000.0 / 21.0)
     assert ts.positives == 1
+    assert ts.strings == {"merchant_category": ["grocery"] * 4, "country": ["C0", "C1", "C0", "C1"]}, \
+        "string fields ride along as slice columns, in row order"

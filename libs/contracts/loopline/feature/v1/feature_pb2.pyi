@@ -28,6 +28,7 @@ class BuildTrainingSetRequest(_message.Message):
     FEATURE_VIEW_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
     feature_view: _builtins.str
     """A view name ("transactions") or name and version ("transactions:1"; unset version: the newest)."""
     dataset: _builtins.str
@@ -37,16 +38,24 @@ class BuildTrainingSetRequest(_message.Message):
         only labels known (by label time) at or before it. Unset: now. The same as_of gives the same bytes.
         """
 
+    @_builtins.property
+    def recorded_by(self) -> _timestamp_pb2.Timestamp:
+        """System time: only events and labels that reached the store by then count, so data arriving late
+        (after the set was first built) cannot change a rebuild. The trainer pins it to its request's
+        time; unset: no limit (a backfill of old events, whose as_of is long before they arrived).
+        """
+
     def __init__(
         self,
         *,
         feature_view: _builtins.str = ...,
         dataset: _builtins.str = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        recorded_by: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "recorded_by", b"recorded_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "feature_view", b"feature_view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "feature_view", b"feature_view", "recorded_by", b"recorded_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

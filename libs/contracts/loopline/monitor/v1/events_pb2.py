@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from loopline.common.v1 import metadata_pb2 as loopline_dot_common_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loopline/monitor/v1/events.proto\x12\x13loopline.monitor.v1\x1a!loopline/common/v1/metadata.proto\"\xc8\x02\n\x10\x44riftAlertRaised\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12P\n\x0e\x66\x65\x61ture_scores\x18\x06 \x03(\x0b\x32\x38.loopline.monitor.v1.DriftAlertRaised.FeatureScoresEntry\x12\x11\n\tmax_score\x18\x07 \x01(\x01\x12\x13\n\x0bwindow_size\x18\x08 \x01(\x03\x1a\x34\n\x12\x46\x65\x61tureScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loopline/monitor/v1/events.proto\x12\x13loopline.monitor.v1\x1a!loopline/common/v1/metadata.proto\"\xc8\x02\n\x10\x44riftAlertRaised\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12P\n\x0e\x66\x65\x61ture_scores\x18\x06 \x03(\x0b\x32\x38.loopline.monitor.v1.DriftAlertRaised.FeatureScoresEntry\x12\x11\n\tmax_score\x18\x07 \x01(\x01\x12\x13\n\x0bwindow_size\x18\x08 \x01(\x03\x1a\x34\n\x12\x46\x65\x61tureScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcd\x01\n\x0f\x41rtifactRefused\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rsigner_key_id\x18\x07 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,4 +38,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIFTALERTRAISED']._serialized_end=421
   _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_start=369
   _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_end=421
+  _globals['_ARTIFACTREFUSED']._serialized_start=424
+  _globals['_ARTIFACTREFUSED']._serialized_end=629
 # @@protoc_insertion_point(module_scope)

@@ -82,3 +82,50 @@ class DriftAlertRaised(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DriftAlertRaised: _TypeAlias = DriftAlertRaised  # noqa: Y015
+
+@_typing.final
+class ArtifactRefused(_message.Message):
+    """ArtifactRefused says a service refused to load a model artifact: tampered, unsigned, or signed by an
+    unknown or revoked key. The service keeps serving what it served before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SIGNER_KEY_ID_FIELD_NUMBER: _builtins.int
+    ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    service: _builtins.str
+    """The service that refused it (inference, monitor, trainer)."""
+    kind: _builtins.str
+    """"tampered", "unsigned", "unknown_key" or "revoked_key"."""
+    reason: _builtins.str
+    signer_key_id: _builtins.str
+    artifact_uri: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _metadata_pb2.EventMetadata: ...
+    def __init__(
+        self,
+        *,
+        metadata: _metadata_pb2.EventMetadata | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        service: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        signer_key_id: _builtins.str = ...,
+        artifact_uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "kind", b"kind", "metadata", b"metadata", "model_name", b"model_name", "model_version", b"model_version", "reason", b"reason", "service", b"service", "signer_key_id", b"signer_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactRefused: _TypeAlias = ArtifactRefused  # noqa: Y015

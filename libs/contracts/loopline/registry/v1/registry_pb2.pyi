@@ -21,6 +21,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Stage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAGE_UNSPECIFIED: _Stage.ValueType  # 0
+    STAGE_CANDIDATE: _Stage.ValueType  # 1
+    """Registered; eligible for champion only when its gate passed."""
+    STAGE_STAGING: _Stage.ValueType  # 2
+    """Gated and waiting for a human approval (models whose policy requires one)."""
+    STAGE_PRODUCTION: _Stage.ValueType  # 3
+    """Holds the champion alias."""
+    STAGE_DEPRECATED: _Stage.ValueType  # 4
+    """Replaced as champion; still loadable, so a rollback can bring it back."""
+    STAGE_RETIRED: _Stage.ValueType  # 5
+    """Never served again and cannot get an alias."""
+
+class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
+    """Stage is where a version is in its lifecycle."""
+
+STAGE_UNSPECIFIED: Stage.ValueType  # 0
+STAGE_CANDIDATE: Stage.ValueType  # 1
+"""Registered; eligible for champion only when its gate passed."""
+STAGE_STAGING: Stage.ValueType  # 2
+"""Gated and waiting for a human approval (models whose policy requires one)."""
+STAGE_PRODUCTION: Stage.ValueType  # 3
+"""Holds the champion alias."""
+STAGE_DEPRECATED: Stage.ValueType  # 4
+"""Replaced as champion; still loadable, so a rollback can bring it back."""
+STAGE_RETIRED: Stage.ValueType  # 5
+"""Never served again and cannot get an alias."""
+Global___Stage: _TypeAlias = Stage  # noqa: Y015
+
 class _ModelEventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -30,6 +64,12 @@ class _ModelEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelE
     MODEL_EVENT_KIND_UNSPECIFIED: _ModelEventKind.ValueType  # 0
     MODEL_EVENT_KIND_REGISTERED: _ModelEventKind.ValueType  # 1
     MODEL_EVENT_KIND_ALIAS_SET: _ModelEventKind.ValueType  # 2
+    """An alias moved (SetAlias, Rollback, ApproveModelVersion); action and reason say how and why."""
+    MODEL_EVENT_KIND_ALIAS_DELETED: _ModelEventKind.ValueType  # 3
+    MODEL_EVENT_KIND_STAGE_CHANGED: _ModelEventKind.ValueType  # 4
+    MODEL_EVENT_KIND_APPROVED: _ModelEventKind.ValueType  # 5
+    MODEL_EVENT_KIND_MODEL_APPLIED: _ModelEventKind.ValueType  # 6
+    MODEL_EVENT_KIND_MODEL_DELETED: _ModelEventKind.ValueType  # 7
 
 class ModelEventKind(_ModelEventKind, metaclass=_ModelEventKindEnumTypeWrapper):
     """ModelEventKind says what happened to a model."""
@@ -37,7 +77,487 @@ class ModelEventKind(_ModelEventKind, metaclass=_ModelEventKindEnumTypeWrapper):
 MODEL_EVENT_KIND_UNSPECIFIED: ModelEventKind.ValueType  # 0
 MODEL_EVENT_KIND_REGISTERED: ModelEventKind.ValueType  # 1
 MODEL_EVENT_KIND_ALIAS_SET: ModelEventKind.ValueType  # 2
+"""An alias moved (SetAlias, Rollback, ApproveModelVersion); action and reason say how and why."""
+MODEL_EVENT_KIND_ALIAS_DELETED: ModelEventKind.ValueType  # 3
+MODEL_EVENT_KIND_STAGE_CHANGED: ModelEventKind.ValueType  # 4
+MODEL_EVENT_KIND_APPROVED: ModelEventKind.ValueType  # 5
+MODEL_EVENT_KIND_MODEL_APPLIED: ModelEventKind.ValueType  # 6
+MODEL_EVENT_KIND_MODEL_DELETED: ModelEventKind.ValueType  # 7
 Global___ModelEventKind: _TypeAlias = ModelEventKind  # noqa: Y015
+
+@_typing.final
+class Model(_message.Message):
+    """Model is a named model and its promotion policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AliasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
+    INTENDED_USE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    requires_approval: _builtins.bool
+    """A gated version goes to staging and waits for ApproveModelVersion before it can become champion."""
+    intended_use: _builtins.str
+    owner: _builtins.str
+    latest_version: _builtins.int
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """alias -> version."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        requires_approval: _builtins.bool = ...,
+        intended_use: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        aliases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        latest_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "description", b"description", "intended_use", b"intended_use", "latest_version", b"latest_version", "name", b"name", "owner", b"owner", "requires_approval", b"requires_approval", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class GateCheck(_message.Message):
+    """GateCheck is one threshold of a promotion gate and how the candidate fared against it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    SLICE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    """The metric, for example "recall_at_1pct_fpr" or "auc_pr"."""
+    slice: _builtins.str
+    """Empty for the whole test set, "*" for every slice, else "column=value" (for example "country=DE")."""
+    kind: _builtins.str
+    """"absolute" (value >= threshold, or <= for a metric where lower is better) or "change" (against the champion)."""
+    threshold: _builtins.float
+    value: _builtins.float
+    baseline: _builtins.float
+    """The champion's value on the same rows (change checks only)."""
+    passed: _builtins.bool
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        slice: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        value: _builtins.float = ...,
+        baseline: _builtins.float = ...,
+        passed: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "detail", b"detail", "kind", b"kind", "metric", b"metric", "passed", b"passed", "slice", b"slice", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateCheck: _TypeAlias = GateCheck  # noqa: Y015
+
+@_typing.final
+class Gate(_message.Message):
+    """Gate is the evidence a trainer stored with a version: each check and the verdict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    CHAMPION_VERSION_FIELD_NUMBER: _builtins.int
+    CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    champion_version: _builtins.int
+    """The champion the change checks compared against (0: none, so change checks were skipped)."""
+    config_digest: _builtins.str
+    """sha256 of the gate configuration the checks came from."""
+    summary: _builtins.str
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GateCheck]: ...
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        checks: _abc.Iterable[Global___GateCheck] | None = ...,
+        champion_version: _builtins.int = ...,
+        config_digest: _builtins.str = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["champion_version", b"champion_version", "checks", b"checks", "config_digest", b"config_digest", "passed", b"passed", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Gate: _TypeAlias = Gate  # noqa: Y015
+
+@_typing.final
+class SliceMetrics(_message.Message):
+    """SliceMetrics are the holdout metrics of one slice of the test set, for the candidate and the champion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ChampionMetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SLICE_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    POSITIVES_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    CHAMPION_METRICS_FIELD_NUMBER: _builtins.int
+    slice: _builtins.str
+    """"column=value", for example "merchant_category=crypto" or "amount_band=200-1000"; "" is the whole set."""
+    rows: _builtins.int
+    positives: _builtins.int
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def champion_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        slice: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        positives: _builtins.int = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        champion_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["champion_metrics", b"champion_metrics", "metrics", b"metrics", "positives", b"positives", "rows", b"rows", "slice", b"slice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SliceMetrics: _TypeAlias = SliceMetrics  # noqa: Y015
+
+@_typing.final
+class Epoch(_message.Message):
+    """Epoch is one point of a run's training trajectory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    VALIDATION_LOSS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    loss: _builtins.float
+    validation_loss: _builtins.float
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        validation_loss: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "loss", b"loss", "validation_loss", b"validation_loss"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Epoch: _TypeAlias = Epoch  # noqa: Y015
+
+@_typing.final
+class Run(_message.Message):
+    """Run is the provenance of a version: enough to train the same bytes again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    GIT_COMMIT_FIELD_NUMBER: _builtins.int
+    GIT_DIRTY_FIELD_NUMBER: _builtins.int
+    LOCK_HASH_FIELD_NUMBER: _builtins.int
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    TORCH_VERSION_FIELD_NUMBER: _builtins.int
+    NUMPY_VERSION_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    DATASET_URI_FIELD_NUMBER: _builtins.int
+    DATASET_DIGEST_FIELD_NUMBER: _builtins.int
+    DATASET_MANIFEST_URI_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    DATASET_AS_OF_FIELD_NUMBER: _builtins.int
+    DATA_FROM_FIELD_NUMBER: _builtins.int
+    DATA_TO_FIELD_NUMBER: _builtins.int
+    TRAJECTORY_FIELD_NUMBER: _builtins.int
+    WALL_TIME_S_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ARTIFACT_DIGEST_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    git_commit: _builtins.str
+    git_dirty: _builtins.bool
+    lock_hash: _builtins.str
+    """sha256 of requirements.lock."""
+    python_version: _builtins.str
+    torch_version: _builtins.str
+    numpy_version: _builtins.str
+    device: _builtins.str
+    seed: _builtins.int
+    dataset: _builtins.str
+    dataset_uri: _builtins.str
+    dataset_digest: _builtins.str
+    dataset_manifest_uri: _builtins.str
+    feature_view: _builtins.str
+    wall_time_s: _builtins.float
+    request_event_id: _builtins.str
+    """The request that asked for the run (its event id) and why."""
+    reason: _builtins.str
+    artifact_digest: _builtins.str
+    """sha256 over the torch artifact's files (name and bytes, sorted by name): equal digests, equal bytes."""
+    @_builtins.property
+    def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Every training parameter, defaults included."""
+
+    @_builtins.property
+    def dataset_as_of(self) -> _timestamp_pb2.Timestamp:
+        """The training set's as_of: a rerun reads exactly the labels known then."""
+
+    @_builtins.property
+    def data_from(self) -> _timestamp_pb2.Timestamp:
+        """Event-time range of the rows (the raw archive window they came from)."""
+
+    @_builtins.property
+    def data_to(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def trajectory(self) -> _containers.RepeatedCompositeFieldContainer[Global___Epoch]: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        git_commit: _builtins.str = ...,
+        git_dirty: _builtins.bool = ...,
+        lock_hash: _builtins.str = ...,
+        python_version: _builtins.str = ...,
+        torch_version: _builtins.str = ...,
+        numpy_version: _builtins.str = ...,
+        device: _builtins.str = ...,
+        seed: _builtins.int = ...,
+        params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        dataset: _builtins.str = ...,
+        dataset_uri: _builtins.str = ...,
+        dataset_digest: _builtins.str = ...,
+        dataset_manifest_uri: _builtins.str = ...,
+        feature_view: _builtins.str = ...,
+        dataset_as_of: _timestamp_pb2.Timestamp | None = ...,
+        data_from: _timestamp_pb2.Timestamp | None = ...,
+        data_to: _timestamp_pb2.Timestamp | None = ...,
+        trajectory: _abc.Iterable[Global___Epoch] | None = ...,
+        wall_time_s: _builtins.float = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        request_event_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        artifact_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_from", b"data_from", "data_to", b"data_to", "dataset_as_of", b"dataset_as_of", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_digest", b"artifact_digest", "data_from", b"data_from", "data_to", b"data_to", "dataset", b"dataset", "dataset_as_of", b"dataset_as_of", "dataset_digest", b"dataset_digest", "dataset_manifest_uri", b"dataset_manifest_uri", "dataset_uri", b"dataset_uri", "device", b"device", "feature_view", b"feature_view", "git_commit", b"git_commit", "git_dirty", b"git_dirty", "lock_hash", b"lock_hash", "numpy_version", b"numpy_version", "params", b"params", "python_version", b"python_version", "reason", b"reason", "request_event_id", b"request_event_id", "run_id", b"run_id", "seed", b"seed", "started_at", b"started_at", "torch_version", b"torch_version", "trajectory", b"trajectory", "wall_time_s", b"wall_time_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class Export(_message.Message):
+    """Export is a signed serving format of a version, beside its torch artifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    SIGNATURE_URI_FIELD_NUMBER: _builtins.int
+    SIGNER_KEY_ID_FIELD_NUMBER: _builtins.int
+    OPSET_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    TRITON_MODEL_NAME_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"onnx" (fp32) or "onnx-int8" (dynamically quantized)."""
+    uri: _builtins.str
+    """s3:// of a Triton model repository directory (<name>/config.pbtxt, <name>/1/model.onnx)."""
+    signature_uri: _builtins.str
+    signer_key_id: _builtins.str
+    opset: _builtins.int
+    triton_model_name: _builtins.str
+    """The model name inside the Triton repository."""
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Holdout metrics of this export (the int8 one differs from the torch model's)."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        uri: _builtins.str = ...,
+        signature_uri: _builtins.str = ...,
+        signer_key_id: _builtins.str = ...,
+        opset: _builtins.int = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        triton_model_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "metrics", b"metrics", "opset", b"opset", "signature_uri", b"signature_uri", "signer_key_id", b"signer_key_id", "triton_model_name", b"triton_model_name", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Export: _TypeAlias = Export  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    """Approval records who approved a staged version, when and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
 
 @_typing.final
 class ModelVersion(_message.Message):
@@ -97,6 +617,13 @@ class ModelVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    EXPORTS_FIELD_NUMBER: _builtins.int
+    MODEL_CARD_URI_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.int
     artifact_uri: _builtins.str
@@ -106,6 +633,9 @@ class ModelVersion(_message.Message):
     signer_key_id: _builtins.str
     dataset_digest: _builtins.str
     run_id: _builtins.str
+    stage: Global___Stage.ValueType
+    model_card_uri: _builtins.str
+    """s3:// of the model card's JSON (the Markdown lies beside it, same name with .md)."""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -118,6 +648,18 @@ class ModelVersion(_message.Message):
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Feature names the model expects, in input order."""
 
+    @_builtins.property
+    def gate(self) -> Global___Gate:
+        """What the trainer's gate decided, with every check: the registry refuses a champion whose gate failed."""
+
+    @_builtins.property
+    def run(self) -> Global___Run: ...
+    @_builtins.property
+    def slices(self) -> _containers.RepeatedCompositeFieldContainer[Global___SliceMetrics]: ...
+    @_builtins.property
+    def exports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Export]: ...
+    @_builtins.property
+    def approval(self) -> Global___Approval: ...
     def __init__(
         self,
         *,
@@ -133,10 +675,17 @@ class ModelVersion(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        stage: Global___Stage.ValueType = ...,
+        gate: Global___Gate | None = ...,
+        run: Global___Run | None = ...,
+        slices: _abc.Iterable[Global___SliceMetrics] | None = ...,
+        exports: _abc.Iterable[Global___Export] | None = ...,
+        model_card_uri: _builtins.str = ...,
+        approval: Global___Approval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "created_at", b"created_at", "gate", b"gate", "run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "artifact_uri", b"artifact_uri", "created_at", b"created_at", "dataset_digest", b"dataset_digest", "feature_names", b"feature_names", "metrics", b"metrics", "model_name", b"model_name", "params", b"params", "run_id", b"run_id", "signature_uri", b"signature_uri", "signer_key_id", b"signer_key_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "approval", b"approval", "artifact_uri", b"artifact_uri", "created_at", b"created_at", "dataset_digest", b"dataset_digest", "exports", b"exports", "feature_names", b"feature_names", "gate", b"gate", "metrics", b"metrics", "model_card_uri", b"model_card_uri", "model_name", b"model_name", "params", b"params", "run", b"run", "run_id", b"run_id", "signature_uri", b"signature_uri", "signer_key_id", b"signer_key_id", "slices", b"slices", "stage", b"stage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,15 +788,19 @@ class ListModelVersionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
+    INCLUDE_DELETED_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
+    include_deleted: _builtins.bool
+    """Include versions removed with DeleteModelVersion."""
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
+        include_deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_deleted", b"include_deleted", "model_name", b"model_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,11 +839,22 @@ class SetAliasRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    OVERRIDE_REASON_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     alias: _builtins.str
     version: _builtins.int
     reason: _builtins.str
     actor: _builtins.str
+    expected_version: _builtins.int
+    """Compare-and-set: the version the caller believes holds the alias now (0: none). ABORTED, naming the
+    current holder, when it does not. Unset: move whatever holds it.
+    """
+    override_reason: _builtins.str
+    """Moving champion to a version whose gate did not pass (or that lacks a required approval) needs this."""
+    evidence: _builtins.str
+    """JSON the caller wants kept with the move (for example its decision and the metrics behind it)."""
     def __init__(
         self,
         *,
@@ -299,12 +863,17 @@ class SetAliasRequest(_message.Message):
         version: _builtins.int = ...,
         reason: _builtins.str = ...,
         actor: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+        override_reason: _builtins.str = ...,
+        evidence: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "model_name", b"model_name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "actor", b"actor", "alias", b"alias", "evidence", b"evidence", "expected_version", b"expected_version", "model_name", b"model_name", "override_reason", b"override_reason", "reason", b"reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
 
 Global___SetAliasRequest: _TypeAlias = SetAliasRequest  # noqa: Y015
 
@@ -380,6 +949,698 @@ class ResolveAliasResponse(_message.Message):
 Global___ResolveAliasResponse: _TypeAlias = ResolveAliasResponse  # noqa: Y015
 
 @_typing.final
+class ApplyModelRequest(_message.Message):
+    """ApplyModelRequest carries the model's description and policy (aliases and versions are ignored)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    @_builtins.property
+    def model(self) -> Global___Model: ...
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyModelRequest: _TypeAlias = ApplyModelRequest  # noqa: Y015
+
+@_typing.final
+class ApplyModelResponse(_message.Message):
+    """ApplyModelResponse holds the stored model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___Model: ...
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyModelResponse: _TypeAlias = ApplyModelResponse  # noqa: Y015
+
+@_typing.final
+class GetModelRequest(_message.Message):
+    """GetModelRequest names a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+
+@_typing.final
+class GetModelResponse(_message.Message):
+    """GetModelResponse holds the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___Model: ...
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest lists every model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse holds the models by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Model]: ...
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___Model] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteModelRequest(_message.Message):
+    """DeleteModelRequest names the model to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelRequest: _TypeAlias = DeleteModelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelResponse(_message.Message):
+    """DeleteModelResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015
+
+@_typing.final
+class DeleteModelVersionRequest(_message.Message):
+    """DeleteModelVersionRequest names the version to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model_name", b"model_name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelVersionRequest: _TypeAlias = DeleteModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelVersionResponse(_message.Message):
+    """DeleteModelVersionResponse returns the version as it is now (retired)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelVersionResponse: _TypeAlias = DeleteModelVersionResponse  # noqa: Y015
+
+@_typing.final
+class SetStageRequest(_message.Message):
+    """SetStageRequest moves a version to a stage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    version: _builtins.int
+    stage: Global___Stage.ValueType
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        stage: Global___Stage.ValueType = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model_name", b"model_name", "reason", b"reason", "stage", b"stage", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStageRequest: _TypeAlias = SetStageRequest  # noqa: Y015
+
+@_typing.final
+class SetStageResponse(_message.Message):
+    """SetStageResponse returns the version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ModelVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetStageResponse: _TypeAlias = SetStageResponse  # noqa: Y015
+
+@_typing.final
+class ApproveModelVersionRequest(_message.Message):
+    """ApproveModelVersionRequest approves a staged version; it becomes champion (compare-and-set as in SetAlias)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_CHAMPION_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    expected_champion: _builtins.int
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        expected_champion: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_champion", b"_expected_champion", "expected_champion", b"expected_champion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_champion", b"_expected_champion", "actor", b"actor", "expected_champion", b"expected_champion", "model_name", b"model_name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_champion: _TypeAlias = _typing.Literal["expected_champion"]  # noqa: Y015
+    _WhichOneofArgType__expected_champion: _TypeAlias = _typing.Literal["_expected_champion", b"_expected_champion"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_champion) -> _WhichOneofReturnType__expected_champion | None: ...
+
+Global___ApproveModelVersionRequest: _TypeAlias = ApproveModelVersionRequest  # noqa: Y015
+
+@_typing.final
+class ApproveModelVersionResponse(_message.Message):
+    """ApproveModelVersionResponse returns the version and the champion it replaced (0: none)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ModelVersion | None = ...,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveModelVersionResponse: _TypeAlias = ApproveModelVersionResponse  # noqa: Y015
+
+@_typing.final
+class DeleteAliasRequest(_message.Message):
+    """DeleteAliasRequest removes an alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    alias: _builtins.str
+    expected_version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "actor", b"actor", "alias", b"alias", "expected_version", b"expected_version", "model_name", b"model_name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___DeleteAliasRequest: _TypeAlias = DeleteAliasRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAliasResponse(_message.Message):
+    """DeleteAliasResponse returns the version that held it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAliasResponse: _TypeAlias = DeleteAliasResponse  # noqa: Y015
+
+@_typing.final
+class AliasChange(_message.Message):
+    """AliasChange is one audited move of an alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OVERRIDE_REASON_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    model_name: _builtins.str
+    alias: _builtins.str
+    from_version: _builtins.int
+    """0: the alias was unset before."""
+    to_version: _builtins.int
+    """0: the alias was deleted."""
+    actor: _builtins.str
+    reason: _builtins.str
+    action: _builtins.str
+    """"set", "rollback", "approve" or "delete"."""
+    override_reason: _builtins.str
+    evidence: _builtins.str
+    """JSON: the caller's evidence and the gate of the version moved to, as stored at the time."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        action: _builtins.str = ...,
+        override_reason: _builtins.str = ...,
+        evidence: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "alias", b"alias", "at", b"at", "evidence", b"evidence", "from_version", b"from_version", "id", b"id", "model_name", b"model_name", "override_reason", b"override_reason", "reason", b"reason", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasChange: _TypeAlias = AliasChange  # noqa: Y015
+
+@_typing.final
+class GetAliasHistoryRequest(_message.Message):
+    """GetAliasHistoryRequest names a model and optionally one alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    alias: _builtins.str
+    """Empty: every alias."""
+    limit: _builtins.int
+    """0: all."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "limit", b"limit", "model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAliasHistoryRequest: _TypeAlias = GetAliasHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetAliasHistoryResponse(_message.Message):
+    """GetAliasHistoryResponse holds the moves, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AliasChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___AliasChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAliasHistoryResponse: _TypeAlias = GetAliasHistoryResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRequest(_message.Message):
+    """RollbackRequest names the alias to move back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    alias: _builtins.str
+    actor: _builtins.str
+    reason: _builtins.str
+    expected_version: _builtins.int
+    """Compare-and-set on the current holder, as in SetAlias."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "actor", b"actor", "alias", b"alias", "expected_version", b"expected_version", "model_name", b"model_name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___RollbackRequest: _TypeAlias = RollbackRequest  # noqa: Y015
+
+@_typing.final
+class RollbackResponse(_message.Message):
+    """RollbackResponse returns the version the alias now points at and the one it left."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    @_builtins.property
+    def version(self) -> Global___ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        version: Global___ModelVersion | None = ...,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackResponse: _TypeAlias = RollbackResponse  # noqa: Y015
+
+@_typing.final
+class GetLineageRequest(_message.Message):
+    """GetLineageRequest names a version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLineageRequest: _TypeAlias = GetLineageRequest  # noqa: Y015
+
+@_typing.final
+class ArchiveWindow(_message.Message):
+    """ArchiveWindow is where a training set's raw events live (and what `loopline replay` takes)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    uri: _builtins.str
+    """s3:// prefix of the dataset in the raw archive."""
+    @_builtins.property
+    def to(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        uri: _builtins.str = ...,
+        to: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "from", b"from", "to", b"to", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveWindow: _TypeAlias = ArchiveWindow  # noqa: Y015
+
+@_typing.final
+class Snapshot(_message.Message):
+    """Snapshot is the training set a run read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    MANIFEST_URI_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    manifest_uri: _builtins.str
+    digest: _builtins.str
+    feature_view: _builtins.str
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+        manifest_uri: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        feature_view: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "digest", b"digest", "feature_view", b"feature_view", "manifest_uri", b"manifest_uri", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class GetLineageResponse(_message.Message):
+    """GetLineageResponse is the chain from raw data to the aliases a version holds or held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCHIVE_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ALIAS_CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def archive(self) -> Global___ArchiveWindow: ...
+    @_builtins.property
+    def snapshot(self) -> Global___Snapshot: ...
+    @_builtins.property
+    def run(self) -> Global___Run: ...
+    @_builtins.property
+    def version(self) -> Global___ModelVersion: ...
+    @_builtins.property
+    def alias_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AliasChange]:
+        """Every move to or from this version, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        archive: Global___ArchiveWindow | None = ...,
+        snapshot: Global___Snapshot | None = ...,
+        run: Global___Run | None = ...,
+        version: Global___ModelVersion | None = ...,
+        alias_changes: _abc.Iterable[Global___AliasChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["archive", b"archive", "run", b"run", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_changes", b"alias_changes", "archive", b"archive", "run", b"run", "snapshot", b"snapshot", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLineageResponse: _TypeAlias = GetLineageResponse  # noqa: Y015
+
+@_typing.final
 class ModelChanged(_message.Message):
     """ModelChanged is published for every registry change."""
 
@@ -392,12 +1653,20 @@ class ModelChanged(_message.Message):
     ALIAS_FIELD_NUMBER: _builtins.int
     PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
     kind: Global___ModelEventKind.ValueType
     model_name: _builtins.str
     version: _builtins.int
     alias: _builtins.str
     previous_version: _builtins.int
     reason: _builtins.str
+    stage: Global___Stage.ValueType
+    """The version's stage after the change."""
+    actor: _builtins.str
+    action: _builtins.str
+    """"set", "rollback", "approve" or "delete" for alias changes."""
     @_builtins.property
     def metadata(self) -> _metadata_pb2.EventMetadata: ...
     def __init__(
@@ -410,10 +1679,13 @@ class ModelChanged(_message.Message):
         alias: _builtins.str = ...,
         previous_version: _builtins.int = ...,
         reason: _builtins.str = ...,
+        stage: Global___Stage.ValueType = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "kind", b"kind", "metadata", b"metadata", "model_name", b"model_name", "previous_version", b"previous_version", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "alias", b"alias", "kind", b"kind", "metadata", b"metadata", "model_name", b"model_name", "previous_version", b"previous_version", "reason", b"reason", "stage", b"stage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class RegistryServiceStub(object):
-    """RegistryService keeps model versions, their aliases and lifecycle.
+    """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail.
     """
 
     def __init__(self, channel):
@@ -60,10 +60,65 @@ class RegistryServiceStub(object):
                 request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ResolveAliasRequest.SerializeToString,
                 response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ResolveAliasResponse.FromString,
                 _registered_method=True)
+        self.ApplyModel = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/ApplyModel',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApplyModelRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApplyModelResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/GetModel',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetModelResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/ListModels',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/DeleteModel',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteModelVersion = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/DeleteModelVersion',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelVersionRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelVersionResponse.FromString,
+                _registered_method=True)
+        self.SetStage = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/SetStage',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetStageRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetStageResponse.FromString,
+                _registered_method=True)
+        self.ApproveModelVersion = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/ApproveModelVersion',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApproveModelVersionRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApproveModelVersionResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/DeleteAlias',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.GetAliasHistory = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/GetAliasHistory',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/Rollback',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.RollbackResponse.FromString,
+                _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/GetLineage',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer(object):
-    """RegistryService keeps model versions, their aliases and lifecycle.
+    """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail.
     """
 
     def RegisterModelVersion(self, request, context):
@@ -88,7 +143,7 @@ class RegistryServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SetAlias(self, request, context):
-        """SetAlias points an alias (champion, challenger) at a version.
+        """SetAlias points an alias (champion, challenger) at a version; compare-and-set on expected_version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +151,83 @@ class RegistryServiceServicer(object):
 
     def ResolveAlias(self, request, context):
         """ResolveAlias returns the version an alias points at.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyModel(self, request, context):
+        """ApplyModel creates a model or updates its description and policy (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """GetModel returns one model with its aliases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """ListModels returns every model, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """DeleteModel removes a model none of whose versions holds an alias (soft: its history stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelVersion(self, request, context):
+        """DeleteModelVersion retires a version that holds no alias and hides it from listings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetStage(self, request, context):
+        """SetStage moves a version through its lifecycle (candidate, staging, production, deprecated, retired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveModelVersion(self, request, context):
+        """ApproveModelVersion records a human approval of a staged version and makes it champion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """DeleteAlias removes an alias (compare-and-set like SetAlias).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAliasHistory(self, request, context):
+        """GetAliasHistory returns every move of a model's aliases, newest first: who, when, why, from, to, evidence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Rollback moves an alias back to the version that held it before its current holder, in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLineage(self, request, context):
+        """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +261,61 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ResolveAliasRequest.FromString,
                     response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ResolveAliasResponse.SerializeToString,
             ),
+            'ApplyModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyModel,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApplyModelRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApplyModelResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'DeleteModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelVersion,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelVersionRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelVersionResponse.SerializeToString,
+            ),
+            'SetStage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetStage,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetStageRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetStageResponse.SerializeToString,
+            ),
+            'ApproveModelVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveModelVersion,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApproveModelVersionRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ApproveModelVersionResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'GetAliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAliasHistory,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.RollbackResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'loopline.registry.v1.RegistryService', rpc_method_handlers)
@@ -138,7 +325,7 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RegistryService(object):
-    """RegistryService keeps model versions, their aliases and lifecycle.
+    """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail.
     """
 
     @staticmethod
@@ -266,6 +453,303 @@ class RegistryService(object):
             '/loopline.registry.v1.RegistryService/ResolveAlias',
             loopline_dot_registry_dot_v1_dot_registry__pb2.ResolveAliasRequest.SerializeToString,
             loopline_dot_registry_dot_v1_dot_registry__pb2.ResolveAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/ApplyModel',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ApplyModelRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ApplyModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/GetModel',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/ListModels',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/DeleteModel',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/DeleteModelVersion',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelVersionRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetStage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/SetStage',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.SetStageRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.SetStageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveModelVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/ApproveModelVersion',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ApproveModelVersionRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ApproveModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/DeleteAlias',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/GetAliasHistory',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetAliasHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/Rollback',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/GetLineage',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RegistryServiceStub:
-    """RegistryService keeps model versions, their aliases and lifecycle."""
+    """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -40,13 +40,35 @@ class RegistryServiceStub:
     ListModelVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelVersionsRequest, _registry_pb2.ListModelVersionsResponse]
     """ListModelVersions returns every version of a model, oldest first."""
     SetAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.SetAliasResponse]
-    """SetAlias points an alias (champion, challenger) at a version."""
+    """SetAlias points an alias (champion, challenger) at a version; compare-and-set on expected_version."""
     ResolveAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ResolveAliasRequest, _registry_pb2.ResolveAliasResponse]
     """ResolveAlias returns the version an alias points at."""
+    ApplyModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ApplyModelRequest, _registry_pb2.ApplyModelResponse]
+    """ApplyModel creates a model or updates its description and policy (idempotent)."""
+    GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.GetModelResponse]
+    """GetModel returns one model with its aliases."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
+    """ListModels returns every model, by name."""
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
+    """DeleteModel removes a model none of whose versions holds an alias (soft: its history stays)."""
+    DeleteModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelVersionRequest, _registry_pb2.DeleteModelVersionResponse]
+    """DeleteModelVersion retires a version that holds no alias and hides it from listings."""
+    SetStage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetStageRequest, _registry_pb2.SetStageResponse]
+    """SetStage moves a version through its lifecycle (candidate, staging, production, deprecated, retired)."""
+    ApproveModelVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ApproveModelVersionRequest, _registry_pb2.ApproveModelVersionResponse]
+    """ApproveModelVersion records a human approval of a staged version and makes it champion."""
+    DeleteAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]
+    """DeleteAlias removes an alias (compare-and-set like SetAlias)."""
+    GetAliasHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetAliasHistoryRequest, _registry_pb2.GetAliasHistoryResponse]
+    """GetAliasHistory returns every move of a model's aliases, newest first: who, when, why, from, to, evidence."""
+    Rollback: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.RollbackResponse]
+    """Rollback moves an alias back to the version that held it before its current holder, in one call."""
+    GetLineage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.GetLineageResponse]
+    """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
-    """RegistryService keeps model versions, their aliases and lifecycle."""
+    """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelVersionRequest, _registry_pb2.RegisterModelVersionResponse]  # type: ignore[assignment]
@@ -56,12 +78,34 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ListModelVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelVersionsRequest, _registry_pb2.ListModelVersionsResponse]  # type: ignore[assignment]
     """ListModelVersions returns every version of a model, oldest first."""
     SetAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetAliasRequest, _registry_pb2.SetAliasResponse]  # type: ignore[assignment]
-    """SetAlias points an alias (champion, challenger) at a version."""
+    """SetAlias points an alias (champion, challenger) at a version; compare-and-set on expected_version."""
     ResolveAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.ResolveAliasRequest, _registry_pb2.ResolveAliasResponse]  # type: ignore[assignment]
     """ResolveAlias returns the version an alias points at."""
+    ApplyModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.ApplyModelRequest, _registry_pb2.ApplyModelResponse]  # type: ignore[assignment]
+    """ApplyModel creates a model or updates its description and policy (idempotent)."""
+    GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.GetModelResponse]  # type: ignore[assignment]
+    """GetModel returns one model with its aliases."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels returns every model, by name."""
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """DeleteModel removes a model none of whose versions holds an alias (soft: its history stays)."""
+    DeleteModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelVersionRequest, _registry_pb2.DeleteModelVersionResponse]  # type: ignore[assignment]
+    """DeleteModelVersion retires a version that holds no alias and hides it from listings."""
+    SetStage: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetStageRequest, _registry_pb2.SetStageResponse]  # type: ignore[assignment]
+    """SetStage moves a version through its lifecycle (candidate, staging, production, deprecated, retired)."""
+    ApproveModelVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.ApproveModelVersionRequest, _registry_pb2.ApproveModelVersionResponse]  # type: ignore[assignment]
+    """ApproveModelVersion records a human approval of a staged version and makes it champion."""
+    DeleteAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteAliasRequest, _registry_pb2.DeleteAliasResponse]  # type: ignore[assignment]
+    """DeleteAlias removes an alias (compare-and-set like SetAlias)."""
+    GetAliasHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetAliasHistoryRequest, _registry_pb2.GetAliasHistoryResponse]  # type: ignore[assignment]
+    """GetAliasHistory returns every move of a model's aliases, newest first: who, when, why, from, to, evidence."""
+    Rollback: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackRequest, _registry_pb2.RollbackResponse]  # type: ignore[assignment]
+    """Rollback moves an alias back to the version that held it before its current holder, in one call."""
+    GetLineage: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.GetLineageResponse]  # type: ignore[assignment]
+    """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RegistryService keeps model versions, their aliases and lifecycle."""
+    """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail."""
 
     @_abc_1.abstractmethod
     def RegisterModelVersion(
@@ -93,7 +137,7 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.SetAliasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.SetAliasResponse, _abc.Awaitable[_registry_pb2.SetAliasResponse]]:
-        """SetAlias points an alias (champion, challenger) at a version."""
+        """SetAlias points an alias (champion, challenger) at a version; compare-and-set on expected_version."""
 
     @_abc_1.abstractmethod
     def ResolveAlias(
@@ -102,5 +146,93 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ResolveAliasResponse, _abc.Awaitable[_registry_pb2.ResolveAliasResponse]]:
         """ResolveAlias returns the version an alias points at."""
+
+    @_abc_1.abstractmethod
+    def ApplyModel(
+        self,
+        request: _registry_pb2.ApplyModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ApplyModelResponse, _abc.Awaitable[_registry_pb2.ApplyModelResponse]]:
+        """ApplyModel creates a model or updates its description and policy (idempotent)."""
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _registry_pb2.GetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetModelResponse, _abc.Awaitable[_registry_pb2.GetModelResponse]]:
+        """GetModel returns one model with its aliases."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _registry_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListModelsResponse, _abc.Awaitable[_registry_pb2.ListModelsResponse]]:
+        """ListModels returns every model, by name."""
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _registry_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
+        """DeleteModel removes a model none of whose versions holds an alias (soft: its history stays)."""
+
+    @_abc_1.abstractmethod
+    def DeleteModelVersion(
+        self,
+        request: _registry_pb2.DeleteModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteModelVersionResponse, _abc.Awaitable[_registry_pb2.DeleteModelVersionResponse]]:
+        """DeleteModelVersion retires a version that holds no alias and hides it from listings."""
+
+    @_abc_1.abstractmethod
+    def SetStage(
+        self,
+        request: _registry_pb2.SetStageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetStageResponse, _abc.Awaitable[_registry_pb2.SetStageResponse]]:
+        """SetStage moves a version through its lifecycle (candidate, staging, production, deprecated, retired)."""
+
+    @_abc_1.abstractmethod
+    def ApproveModelVersion(
+        self,
+        request: _registry_pb2.ApproveModelVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ApproveModelVersionResponse, _abc.Awaitable[_registry_pb2.ApproveModelVersionResponse]]:
+        """ApproveModelVersion records a human approval of a staged version and makes it champion."""
+
+    @_abc_1.abstractmethod
+    def DeleteAlias(
+        self,
+        request: _registry_pb2.DeleteAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteAliasResponse, _abc.Awaitable[_registry_pb2.DeleteAliasResponse]]:
+        """DeleteAlias removes an alias (compare-and-set like SetAlias)."""
+
+    @_abc_1.abstractmethod
+    def GetAliasHistory(
+        self,
+        request: _registry_pb2.GetAliasHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetAliasHistoryResponse, _abc.Awaitable[_registry_pb2.GetAliasHistoryResponse]]:
+        """GetAliasHistory returns every move of a model's aliases, newest first: who, when, why, from, to, evidence."""
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _registry_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RollbackResponse, _abc.Awaitable[_registry_pb2.RollbackResponse]]:
+        """Rollback moves an alias back to the version that held it before its current holder, in one call."""
+
+    @_abc_1.abstractmethod
+    def GetLineage(
+        self,
+        request: _registry_pb2.GetLineageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetLineageResponse, _abc.Awaitable[_registry_pb2.GetLineageResponse]]:
+        """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

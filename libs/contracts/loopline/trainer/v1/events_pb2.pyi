@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from loopline.common.v1 import metadata_pb2 as _metadata_pb2
 import builtins as _builtins
@@ -51,14 +52,24 @@ class TrainingRequested(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    HAS_SEED_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     dataset: _builtins.str
     reason: _builtins.str
     seed: _builtins.int
+    """0 is a valid seed: a request that leaves it unset gets the trainer's configured seed (has_seed says which)."""
+    has_seed: _builtins.bool
     @_builtins.property
     def metadata(self) -> _metadata_pb2.EventMetadata: ...
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The training set is built as of this time (labels known then); unset: the request's occurred_at,
+        so a redelivered request trains on the same data.
+        """
+
     def __init__(
         self,
         *,
@@ -68,10 +79,12 @@ class TrainingRequested(_message.Message):
         reason: _builtins.str = ...,
         seed: _builtins.int = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        has_seed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "metadata", b"metadata", "model_name", b"model_name", "params", b"params", "reason", b"reason", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "has_seed", b"has_seed", "metadata", b"metadata", "model_name", b"model_name", "params", b"params", "reason", b"reason", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,6 +124,9 @@ class TrainingCompleted(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     DATASET_DIGEST_FIELD_NUMBER: _builtins.int
     REQUEST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    GATE_PASSED_FIELD_NUMBER: _builtins.int
+    GATE_SUMMARY_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.str
     """Empty when the run failed."""
@@ -118,6 +134,10 @@ class TrainingCompleted(_message.Message):
     error: _builtins.str
     dataset_digest: _builtins.str
     request_event_id: _builtins.str
+    gate_passed: _builtins.bool
+    """The registry's record of the gate (the retrainer reads the verdict from the registry, not from here)."""
+    gate_summary: _builtins.str
+    stage: _builtins.str
     @_builtins.property
     def metadata(self) -> _metadata_pb2.EventMetadata: ...
     @_builtins.property
@@ -133,10 +153,13 @@ class TrainingCompleted(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         dataset_digest: _builtins.str = ...,
         request_event_id: _builtins.str = ...,
+        gate_passed: _builtins.bool = ...,
+        gate_summary: _builtins.str = ...,
+        stage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_digest", b"dataset_digest", "error", b"error", "metadata", b"metadata", "metrics", b"metrics", "model_name", b"model_name", "request_event_id", b"request_event_id", "succeeded", b"succeeded", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_digest", b"dataset_digest", "error", b"error", "gate_passed", b"gate_passed", "gate_summary", b"gate_summary", "metadata", b"metadata", "metrics", b"metrics", "model_name", b"model_name", "request_event_id", b"request_event_id", "stage", b"stage", "succeeded", b"succeeded", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

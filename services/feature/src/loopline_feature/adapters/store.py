@@ -143,26 +143,34 @@ class FeatureStore:
             "on conflict (dataset, event_id, labelled_at) do update set label = excluded.label",
             [(lb.dataset, lb.event_id, lb.labelled_at, lb.value) for lb in labels])
 
-    async def labelled(self, view: FeatureView, as_of: float) -> list[Row]:
+    async def labelled(self, view: FeatureView, as_of: float, recorded_by: float = math.inf) -> list[Row]:
         """The view's events at or before ``as_of`` that carry a label known at ``as_of`` (by label
-        time), each with the newest such label; in event-time order."""
+        time), each with the newest such label; in event-time order. Events and labels that reached the
+        store after ``recorded_by`` (system time) are left out, so a rebuild with the same pair selects
+        the same rows however late some data arrived since (a redelivered training request trains on
+        the same set)."""
         rows = await self.pool.fetch(
             "with known as (select distinct on (event_id) event_id, label, labelled_at from label_log "
-            "  where dataset = $2 and labelled_at <= $3 order by event_id, labelled_at desc) "
+            "  where dataset = $2 and labelled_at <= $3 and received_at <= to_timestamp($4) "
+            "  order by event_id, labelled_at desc) "
             "select e.event_id, e.entity_id, e.event_time, e.numbers, e.strings, k.label, k.labelled_at "
             "from known k join events e on e.view = $1 and e.event_id = k.event_id "
-            "where e.event_time <= $3 order by e.event_time, e.event_id", view.ref, view.source, as_of)
+            "where e.event_time <= $3 and e.arrived_at <= to_timestamp($4) order by e.event_time, e.event_id",
+            view.ref, view.source, as_of, recorded_by)
         return [Row(r["event_id"], r["entity_id"], r["event_time"], r["labelled_at"], r["label"], tuple(r["numbers"]),
                     tuple(json.loads(r["strings"]))) for r in rows]
 
-    async def history(self, view: FeatureView, entity_ids: Sequence[str], lo: float, hi: float) -> dict[str, Timeline]:
-        """Every admitted event of some entities with event time in ``[lo, hi)``, as timelines."""
+    async def history(self, view: FeatureView, entity_ids: Sequence[str], lo: float, hi: float,
+                      recorded_by: float = math.inf) -> dict[str, Timeline]:
+        """Every admitted event of some entities with event time in ``[lo, hi)`` that reached the store
+        by ``recorded_by``, as timelines."""
         width = len(view.numbers)
         found: dict[str, tuple[list[float], list[list[float]]]] = {}
         for r in await self.pool.fetch(
                 "select entity_id, event_time, numbers from events where view = $1 and admitted "
-                "and entity_id = any($2::text[]) and event_time >= $3 and event_time < $4",
-                view.ref, entity_ids, lo, hi):
+                "and entity_id = any($2::text[]) and event_time >= $3 and event_time < $4 "
+                "and arrived_at <= to_timestamp($5)",
+                view.ref, entity_ids, lo, hi, recorded_by):
             times, columns = found.setdefault(r["entity_id"], ([], [[] for _ in range(width)]))
             times.append(r["event_time"])
             for column, value in zip(columns, r["numbers"], strict=True):

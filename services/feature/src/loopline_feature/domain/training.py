@@ -35,6 +35,9 @@ class TrainingSet:
     label_times: list[float] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
     features: list[list[float]] = field(default_factory=list)
+    # The view's string fields per row (for example country): not model inputs, but what an
+    # evaluation slices the test set by.
+    strings: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def positives(self) -> int:
@@ -49,7 +52,7 @@ def history_span(view: FeatureView, rows: Sequence[Row]) -> tuple[float, float]:
 
 def build(view: FeatureView, as_of: float, rows: Sequence[Row], timelines: Mapping[str, Timeline]) -> TrainingSet:
     """The set: rows in event-time order, features in the view's model order."""
-    ts = TrainingSet(view.ref, as_of, list(view.vector))
+    ts = TrainingSet(view.ref, as_of, list(view.vector), strings={name: [] for name in view.strings})
     empty = Timeline(width=len(view.numbers))
     for r in sorted(rows, key=lambda r: (r.event_time, r.event_id)):
         request = view.request_of(r.numbers, r.strings)
@@ -59,4 +62,6 @@ def build(view: FeatureView, as_of: float, rows: Sequence[Row], timelines: Mappi
         ts.event_times.append(r.event_time)
         ts.label_times.append(r.label_time)
         ts.labels.append(r.label)
+        for name, value in zip(view.strings, r.strings, strict=True):
+            ts.strings[name].append(value)
     return ts

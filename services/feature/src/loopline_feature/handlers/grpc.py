@@ -86,11 +86,13 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         vector as of its event time; stored as Parquet under its sha256 with a manifest."""
         view = self._view(request.feature_view or request.dataset)
         as_of = request.as_of.seconds + request.as_of.nanos / 1e9 if request.HasField("as_of") else time.time()
-        rows = await self.store.labelled(view, as_of)
+        recorded_by = (request.recorded_by.seconds + request.recorded_by.nanos / 1e9
+                       if request.HasField("recorded_by") else math.inf)
+        rows = await self.store.labelled(view, as_of, recorded_by)
         if not rows:
             raise precondition(f"no labelled events in view {view.ref} as of {as_of}")
         lo, hi = training.history_span(view, rows)
-        history = await self.store.history(view, sorted({r.entity_id for r in rows}), lo, hi)
+        history = await self.store.history(view, sorted({r.entity_id for r in rows}), lo, hi, recorded_by)
         # A big set takes seconds of CPU: build it off the loop that serves online reads.
         ts = await asyncio.to_thread(training.build, view, as_of, rows, history)
         snap = await snapshots.store(self.objects, ts)

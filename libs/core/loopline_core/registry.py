@@ -1,0 +1,166 @@
+"""The one typed client of the registry, used by every service and the CLI.
+
+It maps the registry's gRPC statuses to :class:`ErrorKind` in one place, so every caller reads a
+NOT_FOUND as "not there" (permanent), an ABORTED as "someone moved it first" (with the current
+holder in ``details["current_version"]``), and only transport trouble as UNAVAILABLE (transient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from loopline.registry.v1 import registry_pb2 as pb
+from loopline.registry.v1 import registry_pb2_grpc
+
+from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.telemetry import inject_metadata
+
+T = TypeVar("T")
+
+_KINDS = {
+    grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS: ErrorKind.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED: ErrorKind.ABORTED,
+}
+_PREFIX = "x-loopline-"
+
+
+def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
+    """A registry status as a :class:`LooplineError`; trailing ``x-loopline-*`` metadata become details.
+    Codes the registry does not answer on purpose (UNAVAILABLE, DEADLINE_EXCEEDED, ...) are transient."""
+    details = {k[len(_PREFIX):].replace("-", "_"): str(v) for k, v in (exc.trailing_metadata() or ())
+               if isinstance(k, str) and k.startswith(_PREFIX)}
+    return LooplineError(_KINDS.get(exc.code(), ErrorKind.UNAVAILABLE), f"registry: {exc.details() or exc.code()}",
+                         details)
+
+
+Stage = pb.Stage.ValueType
+STAGES: dict[str, Stage] = {"candidate": pb.STAGE_CANDIDATE, "staging": pb.STAGE_STAGING,
+                            "production": pb.STAGE_PRODUCTION, "deprecated": pb.STAGE_DEPRECATED,
+                            "retired": pb.STAGE_RETIRED}
+
+
+def stage_name(stage: Stage) -> str:
+    return next((k for k, v in STAGES.items() if v == stage), "unspecified")
+
+
+class RegistryClient:
+    def __init__(self, addr: str, *, timeout_s: float = 10.0) -> None:
+        self._channel = grpc.aio.insecure_channel(addr)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
+        try:
+            return await rpc(request, metadata=inject_metadata(), timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise as_error(exc) from exc
+
+    # ---- versions -------------------------------------------------------------------------------
+
+    async def register(self, version: pb.ModelVersion) -> pb.ModelVersion:
+        resp = await self._call(self._stub.RegisterModelVersion, pb.RegisterModelVersionRequest(version=version))
+        return resp.version
+
+    async def get(self, model: str, version: int) -> pb.ModelVersion:
+        resp = await self._call(self._stub.GetModelVersion, pb.GetModelVersionRequest(model_name=model,
+                                                                                      version=version))
+        return resp.version
+
+    async def versions(self, model: str, *, include_deleted: bool = False) -> list[pb.ModelVersion]:
+        resp = await self._call(self._stub.ListModelVersions,
+                                pb.ListModelVersionsRequest(model_name=model, include_deleted=include_deleted))
+        return list(resp.versions)
+
+    async def by_run(self, model: str, run_id: str) -> pb.ModelVersion | None:
+        """The version a run registered, if it did (deleted ones included: a run id is never reused)."""
+        return next((v for v in await self.versions(model, include_deleted=True) if v.run_id == run_id), None)
+
+    async def set_stage(self, model: str, version: int, stage: str, *, actor: str, reason: str) -> pb.ModelVersion:
+        resp = await self._call(self._stub.SetStage, pb.SetStageRequest(
+            model_name=model, version=version, stage=STAGES[stage], actor=actor, reason=reason))
+        return resp.version
+
+    async def delete_version(self, model: str, version: int, *, actor: str, reason: str) -> pb.ModelVersion:
+        resp = await self._call(self._stub.DeleteModelVersion, pb.DeleteModelVersionRequest(
+            model_name=model, version=version, actor=actor, reason=reason))
+        return resp.version
+
+    async def approve(self, model: str, version: int, *, actor: str, reason: str,
+                      expected_champion: int | None = None) -> tuple[pb.ModelVersion, int]:
+        req = pb.ApproveModelVersionRequest(model_name=model, version=version, actor=actor, reason=reason)
+        if expected_champion is not None:
+            req.expected_champion = expected_champion
+        resp = await self._call(self._stub.ApproveModelVersion, req)
+        return resp.version, resp.previous_version
+
+    async def lineage(self, model: str, version: int) -> pb.GetLineageResponse:
+        return await self._call(self._stub.GetLineage, pb.GetLineageRequest(model_name=model, version=version))
+
+    # ---- aliases --------------------------------------------------------------------------------
+
+    async def resolve(self, model: str, alias: str) -> pb.ModelVersion | None:
+        """The version ``alias`` points at; None when the model or the alias does not exist."""
+        try:
+            resp = await self._call(self._stub.ResolveAlias, pb.ResolveAliasRequest(model_name=model, alias=alias))
+        except LooplineError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND:
+                return None
+            raise
+        return resp.version
+
+    async def champion(self, model: str) -> pb.ModelVersion | None:
+        return await self.resolve(model, "champion")
+
+    async def set_alias(self, model: str, alias: str, version: int, *, actor: str, reason: str,
+                        expected: int | None = None, override_reason: str = "",
+                        evidence: str = "") -> tuple[pb.ModelVersion, int]:
+        """Move ``alias`` to ``version``; with ``expected`` (0: unset) only if that is its holder now,
+        else ABORTED with ``details["current_version"]``. Returns (version, previous holder or 0)."""
+        req = pb.SetAliasRequest(model_name=model, alias=alias, version=version, actor=actor, reason=reason,
+                                 override_reason=override_reason, evidence=evidence)
+        if expected is not None:
+            req.expected_version = expected
+        resp = await self._call(self._stub.SetAlias, req)
+        return resp.version, resp.previous_version
+
+    async def delete_alias(self, model: str, alias: str, *, actor: str, reason: str,
+                           expected: int | None = None) -> int:
+        req = pb.DeleteAliasRequest(model_name=model, alias=alias, actor=actor, reason=reason)
+        if expected is not None:
+            req.expected_version = expected
+        return (await self._call(self._stub.DeleteAlias, req)).previous_version
+
+    async def rollback(self, model: str, alias: str, *, actor: str, reason: str,
+                       expected: int | None = None) -> tuple[pb.ModelVersion, int]:
+        req = pb.RollbackRequest(model_name=model, alias=alias, actor=actor, reason=reason)
+        if expected is not None:
+            req.expected_version = expected
+        resp = await self._call(self._stub.Rollback, req)
+        return resp.version, resp.previous_version
+
+    async def history(self, model: str, alias: str = "", limit: int = 0) -> list[pb.AliasChange]:
+        resp = await self._call(self._stub.GetAliasHistory,
+                                pb.GetAliasHistoryRequest(model_name=model, alias=alias, limit=limit))
+        return list(resp.changes)
+
+    # ---- models ---------------------------------------------------------------------------------
+
+    async def apply_model(self, model: pb.Model, *, actor: str = "") -> pb.Model:
+        return (await self._call(self._stub.ApplyModel, pb.ApplyModelRequest(model=model, actor=actor))).model
+
+    async def model(self, name: str) -> pb.Model:
+        return (await self._call(self._stub.GetModel, pb.GetModelRequest(name=name))).model
+
+    async def models(self) -> list[pb.Model]:
+        return list((await self._call(self._stub.ListModels, pb.ListModelsRequest())).models)
+
+    async def delete_model(self, name: str, *, actor: str, reason: str) -> None:
+        await self._call(self._stub.DeleteModel, pb.DeleteModelRequest(name=name, actor=actor, reason=reason))
