@@ -7,8 +7,7 @@ holder in ``details["current_version"]``), and only transport trouble as UNAVAIL
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any
 
 import grpc
 from loopline.registry.v1 import registry_pb2 as pb
@@ -16,8 +15,6 @@ from loopline.registry.v1 import registry_pb2_grpc
 
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.telemetry import inject_metadata
-
-T = TypeVar("T")
 
 _KINDS = {
     grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
@@ -38,13 +35,12 @@ def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
                          details)
 
 
-Stage = pb.Stage.ValueType
-STAGES: dict[str, Stage] = {"candidate": pb.STAGE_CANDIDATE, "staging": pb.STAGE_STAGING,
+STAGES: dict[str, pb.Stage.ValueType] = {"candidate": pb.STAGE_CANDIDATE, "staging": pb.STAGE_STAGING,
                             "production": pb.STAGE_PRODUCTION, "deprecated": pb.STAGE_DEPRECATED,
                             "retired": pb.STAGE_RETIRED}
 
 
-def stage_name(stage: Stage) -> str:
+def stage_name(stage: pb.Stage.ValueType) -> str:
     return next((k for k, v in STAGES.items() if v == stage), "unspecified")
 
 
@@ -57,7 +53,7 @@ class RegistryClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
+    async def _call(self, rpc: Any, request: object) -> Any:
         try:
             return await rpc(request, metadata=inject_metadata(), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -66,16 +62,17 @@ class RegistryClient:
     # ---- versions -------------------------------------------------------------------------------
 
     async def register(self, version: pb.ModelVersion) -> pb.ModelVersion:
-        resp = await self._call(self._stub.RegisterModelVersion, pb.RegisterModelVersionRequest(version=version))
+        req = pb.RegisterModelVersionRequest(version=version)
+        resp: pb.RegisterModelVersionResponse = await self._call(self._stub.RegisterModelVersion, req)
         return resp.version
 
     async def get(self, model: str, version: int) -> pb.ModelVersion:
-        resp = await self._call(self._stub.GetModelVersion, pb.GetModelVersionRequest(model_name=model,
-                                                                                      version=version))
+        req = pb.GetModelVersionRequest(model_name=model, version=version)
+        resp: pb.GetModelVersionResponse = await self._call(self._stub.GetModelVersion, req)
         return resp.version
 
     async def versions(self, model: str, *, include_deleted: bool = False) -> list[pb.ModelVersion]:
-        resp = await self._call(self._stub.ListModelVersions,
+        resp: pb.ListModelVersionsResponse = await self._call(self._stub.ListModelVersions,
                                 pb.ListModelVersionsRequest(model_name=model, include_deleted=include_deleted))
         return list(resp.versions)
 
@@ -84,13 +81,13 @@ class RegistryClient:
         return next((v for v in await self.versions(model, include_deleted=True) if v.run_id == run_id), None)
 
     async def set_stage(self, model: str, version: int, stage: str, *, actor: str, reason: str) -> pb.ModelVersion:
-        resp = await self._call(self._stub.SetStage, pb.SetStageRequest(
+        resp: pb.SetStageResponse = await self._call(self._stub.SetStage, pb.SetStageRequest(
             model_name=model, version=version, stage=STAGES[stage], actor=actor, reason=reason))
         return resp.version
 
     async def delete_version(self, model: str, version: int, *, actor: str, reason: str) -> pb.ModelVersion:
-        resp = await self._call(self._stub.DeleteModelVersion, pb.DeleteModelVersionRequest(
-            model_name=model, version=version, actor=actor, reason=reason))
+        req = pb.DeleteModelVersionRequest(model_name=model, version=version, actor=actor, reason=reason)
+        resp: pb.DeleteModelVersionResponse = await self._call(self._stub.DeleteModelVersion, req)
         return resp.version
 
     async def approve(self, model: str, version: int, *, actor: str, reason: str,
@@ -98,18 +95,21 @@ class RegistryClient:
         req = pb.ApproveModelVersionRequest(model_name=model, version=version, actor=actor, reason=reason)
         if expected_champion is not None:
             req.expected_champion = expected_champion
-        resp = await self._call(self._stub.ApproveModelVersion, req)
+        resp: pb.ApproveModelVersionResponse = await self._call(self._stub.ApproveModelVersion, req)
         return resp.version, resp.previous_version
 
     async def lineage(self, model: str, version: int) -> pb.GetLineageResponse:
-        return await self._call(self._stub.GetLineage, pb.GetLineageRequest(model_name=model, version=version))
+        resp: pb.GetLineageResponse = await self._call(self._stub.GetLineage,
+                                                       pb.GetLineageRequest(model_name=model, version=version))
+        return resp
 
     # ---- aliases --------------------------------------------------------------------------------
 
     async def resolve(self, model: str, alias: str) -> pb.ModelVersion | None:
         """The version ``alias`` points at; None when the model or the alias does not exist."""
         try:
-            resp = await self._call(self._stub.ResolveAlias, pb.ResolveAliasRequest(model_name=model, alias=alias))
+            req = pb.ResolveAliasRequest(model_name=model, alias=alias)
+            resp: pb.ResolveAliasResponse = await self._call(self._stub.ResolveAlias, req)
         except LooplineError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 return None
@@ -128,7 +128,7 @@ class RegistryClient:
                                  override_reason=override_reason, evidence=evidence)
         if expected is not None:
             req.expected_version = expected
-        resp = await self._call(self._stub.SetAlias, req)
+        resp: pb.SetAliasResponse = await self._call(self._stub.SetAlias, req)
         return resp.version, resp.previous_version
 
     async def delete_alias(self, model: str, alias: str, *, actor: str, reason: str,
@@ -136,31 +136,36 @@ class RegistryClient:
         req = pb.DeleteAliasRequest(model_name=model, alias=alias, actor=actor, reason=reason)
         if expected is not None:
             req.expected_version = expected
-        return (await self._call(self._stub.DeleteAlias, req)).previous_version
+        resp: pb.DeleteAliasResponse = await self._call(self._stub.DeleteAlias, req)
+        return resp.previous_version
 
     async def rollback(self, model: str, alias: str, *, actor: str, reason: str,
                        expected: int | None = None) -> tuple[pb.ModelVersion, int]:
         req = pb.RollbackRequest(model_name=model, alias=alias, actor=actor, reason=reason)
         if expected is not None:
             req.expected_version = expected
-        resp = await self._call(self._stub.Rollback, req)
+        resp: pb.RollbackResponse = await self._call(self._stub.Rollback, req)
         return resp.version, resp.previous_version
 
     async def history(self, model: str, alias: str = "", limit: int = 0) -> list[pb.AliasChange]:
-        resp = await self._call(self._stub.GetAliasHistory,
+        resp: pb.GetAliasHistoryResponse = await self._call(self._stub.GetAliasHistory,
                                 pb.GetAliasHistoryRequest(model_name=model, alias=alias, limit=limit))
         return list(resp.changes)
 
     # ---- models ---------------------------------------------------------------------------------
 
     async def apply_model(self, model: pb.Model, *, actor: str = "") -> pb.Model:
-        return (await self._call(self._stub.ApplyModel, pb.ApplyModelRequest(model=model, actor=actor))).model
+        resp: pb.ApplyModelResponse = await self._call(self._stub.ApplyModel, pb.ApplyModelRequest(model=model,
+                                                                                                actor=actor))
+        return resp.model
 
     async def model(self, name: str) -> pb.Model:
-        return (await self._call(self._stub.GetModel, pb.GetModelRequest(name=name))).model
+        resp: pb.GetModelResponse = await self._call(self._stub.GetModel, pb.GetModelRequest(name=name))
+        return resp.model
 
     async def models(self) -> list[pb.Model]:
-        return list((await self._call(self._stub.ListModels, pb.ListModelsRequest())).models)
+        resp: pb.ListModelsResponse = await self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return list(resp.models)
 
     async def delete_model(self, name: str, *, actor: str, reason: str) -> None:
         await self._call(self._stub.DeleteModel, pb.DeleteModelRequest(name=name, actor=actor, reason=reason))

@@ -17,6 +17,7 @@ from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.kafka import Record
 from loopline_core.kafka.offsets import log_end
 from loopline_core.objstore import ObjectStore
+from loopline_core.registry import RegistryClient
 from loopline_core.signing import SigningKey
 from loopline_ml import artifact
 from loopline_ml.drift import reference
@@ -152,10 +153,13 @@ def make_model(seed: int = 0, features: list[str] | None = None) -> artifact.Sco
 async def register_signed_model(env: dict[str, str], registry_addr: str, model_name: str, *, seed: int = 0,
                                 reference_x: np.ndarray | None = None, key: SigningKey | None = None,
                                 tamper: bool = False, metrics: dict[str, float] | None = None,
+                                gate_passed: bool = True, gate_champion: int = 0,
                                 ) -> registry_pb2.ModelVersion:
     """Save, sign (with the stack's key unless ``key``), upload and register a small model.
 
-    ``tamper`` flips a byte of the weights after signing, as an attacker or a bad disk would.
+    ``tamper`` flips a byte of the weights after signing, as an attacker or a bad disk would. The
+    version carries a gate with one check that passed (or not, per ``gate_passed``), compared against
+    champion ``gate_champion`` (0: none), as a trainer would have stored it.
     """
     private = Path(env["LOOPLINE_SIGNING_KEY"])
     key = key or SigningKey(private, private.with_suffix(".pub"))
@@ -182,16 +186,23 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
         version = registry_pb2.ModelVersion(
             model_name=model_name, artifact_uri=f"s3://loopline-models/{prefix}/model",
             signature_uri=f"s3://loopline-models/{prefix}/model.sig", signer_key_id=key_id, dataset_digest="test",
-            run_id=run_id, feature_names=FEATURES, metrics=metrics or {"auc": 0.5})
+            run_id=run_id, feature_names=FEATURES, metrics=metrics or {"auc": 0.5},
+            gate=registry_pb2.Gate(passed=gate_passed, champion_version=gate_champion,
+                                   summary="fixture gate " + ("passed" if gate_passed else "failed"),
+                                   checks=[registry_pb2.GateCheck(metric="auc_roc", kind="absolute", threshold=0.5,
+                                                                  value=0.9 if gate_passed else 0.1,
+                                                                  passed=gate_passed)]))
         resp = await stub.RegisterModelVersion(registry_pb2.RegisterModelVersionRequest(version=version))
     stored: registry_pb2.ModelVersion = resp.version
     return stored
 
 
 async def set_alias(registry_addr: str, model_name: str, alias: str, version: int) -> None:
-    async with grpc.aio.insecure_channel(registry_addr) as ch:
-        await registry_pb2_grpc.RegistryServiceStub(ch).SetAlias(registry_pb2.SetAliasRequest(
-            model_name=model_name, alias=alias, version=version, reason="test", actor="test"))
+    client = RegistryClient(registry_addr)
+    try:
+        await client.set_alias(model_name, alias, version, actor="test", reason="test")
+    finally:
+        await client.close()
 
 
 FENCE = "x-test-fence"

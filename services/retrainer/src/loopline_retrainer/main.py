@@ -7,9 +7,9 @@ import asyncio
 from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
 from loopline_core.outbox import Relay
+from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 
-from loopline_retrainer.adapters.registry import RegistryClient
 from loopline_retrainer.adapters.store import MIGRATIONS, SCHEMA, RetrainerStore
 from loopline_retrainer.handlers.events import RetrainerHandlers
 from loopline_retrainer.settings import Settings

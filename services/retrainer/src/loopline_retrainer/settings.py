@@ -10,8 +10,6 @@ class Settings(CoreSettings):
     """After a training run finishes, alerts for the same model wait this long before another."""
     retrainer_in_flight_timeout_s: float = 900.0
     """A request with no result after this long no longer blocks a new one."""
-    retrainer_min_gain: float = 0.0
-    """The challenger must beat the champion's AUC on the same test set by at least this much."""
     retrainer_seed: int = 7
     retrainer_fresh_labels: int = 1500
     """After a drift alert, wait for this many new labels before training: a model retrained on

@@ -1,14 +1,45 @@
-"""Retraining and promotion policy. Pure."""
+"""Retraining and promotion policy. Pure.
+
+The promotion decision reads the registry's record of a version (its stored gate, its stage) and of
+the model (its approval policy, its champion), never the metrics in a training result: a Kafka
+message is something any producer could write, the registry's gate evidence is what the trainer
+stored and what the registry itself enforces.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    PROMOTE = "promote"
+    STAGE = "stage"
+    REJECT = "reject"
+    NOTHING = "nothing"
 
 
 @dataclass(frozen=True)
 class Decision:
-    promote: bool
+    action: Action
     reason: str
+
+    @property
+    def promote(self) -> bool:
+        return self.action is Action.PROMOTE
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the registry says about the new version and its model."""
+
+    version: int
+    retired: bool
+    gate_passed: bool
+    gate_summary: str
+    gate_champion: int
+    """The champion the gate's change checks compared against (0: there was none)."""
+    requires_approval: bool
 
 
 def may_request(in_flight_age_s: float | None, since_last_done_s: float | None, *, in_flight_timeout_s: float,
@@ -21,13 +52,20 @@ def may_request(in_flight_age_s: float | None, since_last_done_s: float | None, 
     return True, "ok"
 
 
-def decide(metrics: dict[str, float], has_champion: bool, min_gain: float) -> Decision:
-    """Promote when there is no champion, or the challenger beats it on the same (most recent) test set."""
-    if not has_champion:
-        return Decision(True, "first version: no champion yet")
-    if "champion_auc" not in metrics:
-        return Decision(False, "the champion could not be evaluated on the challenger's test set")
-    new, old = metrics.get("auc", 0.0), metrics["champion_auc"]
-    if new >= old + min_gain:
-        return Decision(True, f"auc {new:.3f} >= champion {old:.3f} + {min_gain} on the same test set")
-    return Decision(False, f"auc {new:.3f} < champion {old:.3f} + {min_gain} on the same test set")
+def decide(c: Candidate, champion: int | None) -> Decision:
+    """Promote a version whose stored gate passed against the champion that holds the alias now."""
+    if champion == c.version:
+        return Decision(Action.NOTHING, "already champion")
+    if c.retired:
+        return Decision(Action.REJECT, f"v{c.version} is retired")
+    if not c.gate_passed:
+        return Decision(Action.REJECT, f"gate failed: {c.gate_summary or 'no gate evidence'}")
+    if (champion or 0) != c.gate_champion:
+        # the change checks compared against another champion: that evidence says nothing about this one
+        was = f"v{c.gate_champion}" if c.gate_champion else "no champion"
+        return Decision(Action.REJECT, f"gate compared against {was}, but the champion is now "
+                                       f"{f'v{champion}' if champion else 'unset'}")
+    why = "first version, gate passed" if champion is None else f"gate passed against champion v{champion}"
+    if c.requires_approval:
+        return Decision(Action.STAGE, f"{why}; staged for approval (`loopline model approve`)")
+    return Decision(Action.PROMOTE, f"{why}: {c.gate_summary}" if c.gate_summary else why)

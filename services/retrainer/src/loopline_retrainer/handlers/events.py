@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline.registry.v1 import registry_pb2 as pb
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
+from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Record, TopicNamer
 from loopline_core.kafka.codec import proto
+from loopline_core.kafka.records import MESSAGE_TYPE
 from loopline_core.labels import decode_label
 from loopline_core.outbox import OutboxEvent, Relay
+from loopline_core.registry import RegistryClient
 
-from loopline_retrainer.adapters.registry import RegistryClient
 from loopline_retrainer.adapters.store import RetrainerStore
-from loopline_retrainer.domain.policy import decide, may_request
+from loopline_retrainer.domain.policy import Action, Candidate, Decision, decide, may_request
 from loopline_retrainer.metrics import DECISIONS, REQUESTS
 from loopline_retrainer.settings import Settings
 
@@ -30,20 +34,33 @@ class RetrainerHandlers:
         self.namer = namer
         self.s = settings
 
-    decode_alert = staticmethod(proto(DriftAlertRaised, "metadata.event_id", "model_name"))
+    _drift = staticmethod(proto(DriftAlertRaised, "metadata.event_id", "model_name"))
     decode_result = staticmethod(proto(TrainingCompleted, "metadata.event_id", "model_name"))
+
+    @classmethod
+    def decode_alert(cls, record: Record) -> DriftAlertRaised | None:
+        """Drift alerts only: the alerts topic also carries other kinds (an ArtifactRefused, say), which
+        would parse as a bogus drift alert since protobuf does not know its own type on the wire."""
+        kind = record.header(MESSAGE_TYPE)
+        if kind is not None and kind != DriftAlertRaised.DESCRIPTOR.full_name:
+            return None
+        alert: DriftAlertRaised = cls._drift(record)
+        return alert
 
     @staticmethod
     def decode_label(record: Record) -> str:
         """The labelled event's id, through the decoder every label consumer shares."""
         return decode_label(record).event_id
 
-    async def on_alert(self, alert: DriftAlertRaised, _record: Record) -> None:
-        """Consumes ``loopline.monitor.alerts``; records a pending retraining request.
+    async def on_alert(self, alert: DriftAlertRaised | None, _record: Record) -> None:
+        """Consumes ``loopline.monitor.alerts``; records a pending retraining request for a drift alert
+        (other alert kinds are not its business).
 
         The request waits for ``retrainer_fresh_labels`` new labels (see :meth:`on_label`); its id
         derives from the alert id, so a redelivered alert changes nothing.
         """
+        if alert is None:
+            return
         cause = alert.metadata.event_id
         if await self.store.request_for(cause) is not None:
             return
@@ -86,21 +103,48 @@ class RetrainerHandlers:
             await self.outbox.flush(self.s.outbox_flush_s)
 
     async def on_training_completed(self, result: TrainingCompleted, _record: Record) -> None:
-        """Consumes ``loopline.training.results``; moves ``champion`` through the registry when the
-        new version wins, and records the decision either way."""
+        """Consumes ``loopline.training.results``; promotes the new version through the registry when
+        the registry's record of it allows (its stored gate passed against the current champion), stages
+        it when the model needs a human approval, and records the decision either way.
+
+        The champion moves by compare-and-set on the holder read here: if someone (an SRE's rollback,
+        another retrainer) moved it in between, the registry answers ABORTED and the decision is made
+        again against the new holder, so an SRE's move is never silently undone.
+        """
         await self.store.finish(result.request_event_id, result.succeeded)
         if not result.succeeded or await self.store.decided(result.metadata.event_id):
             return
-        version = int(result.version)
-        champion = await self.registry.champion(result.model_name)
-        if champion == version:
-            d_promote, d_reason = True, "already champion"
+        name, number = result.model_name, int(result.version)
+        for _ in range(3):
+            d, champion = await self._decide(name, number)
+            try:
+                await self._apply(name, number, d, champion, result)
+                break
+            except LooplineError as exc:
+                if exc.kind is not ErrorKind.ABORTED:
+                    raise
+                log.info("champion moved meanwhile; deciding again", extra={"model": name, "error": exc.message})
         else:
-            d = decide(dict(result.metrics), champion is not None, self.s.retrainer_min_gain)
-            d_promote, d_reason = d.promote, d.reason
-            alias = "champion" if d.promote else "challenger"
-            await self.registry.set_alias(result.model_name, alias, version, d.reason)
-        await self.store.decide(result.metadata.event_id, result.model_name, version, d_promote, d_reason)
-        DECISIONS.labels(result.model_name, "promoted" if d_promote else "rejected").inc()
-        log.info("promotion decision", extra={"model": result.model_name, "version": version,
-                                              "promoted": d_promote, "reason": d_reason})
+            raise LooplineError(ErrorKind.UNAVAILABLE, f"{name}: the champion keeps moving; retrying later")
+        await self.store.decide(result.metadata.event_id, name, number, d.promote, d.reason)
+        DECISIONS.labels(name, d.action.value).inc()
+        log.info("promotion decision", extra={"model": name, "version": number, "action": d.action.value,
+                                              "reason": d.reason})
+
+    async def _decide(self, name: str, number: int) -> tuple[Decision, int]:
+        """The decision and the champion it was made against (0: none)."""
+        v = await self.registry.get(name, number)
+        model = await self.registry.model(name)
+        held = await self.registry.champion(name)
+        champion = held.version if held is not None else 0
+        return decide(Candidate(number, v.stage == pb.STAGE_RETIRED, v.gate.passed, v.gate.summary,
+                                v.gate.champion_version, model.requires_approval), champion or None), champion
+
+    async def _apply(self, name: str, number: int, d: Decision, champion: int, result: TrainingCompleted) -> None:
+        evidence = json.dumps({"decision": d.action.value, "reason": d.reason, "request": result.request_event_id,
+                               "training_result": result.metadata.event_id})
+        if d.action is Action.PROMOTE:
+            await self.registry.set_alias(name, "champion", number, actor="retrainer", reason=d.reason,
+                                          expected=champion, evidence=evidence)
+        elif d.action is Action.STAGE:
+            await self.registry.set_stage(name, number, "staging", actor="retrainer", reason=d.reason)
