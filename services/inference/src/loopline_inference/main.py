@@ -11,6 +11,7 @@ from pathlib import Path
 from loopline_core import runtime
 from loopline_core.grpcx import start_server
 from loopline_core.objstore import ObjectStore
+from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 from tritonclient.grpc import service_pb2_grpc
@@ -26,8 +27,8 @@ async def main(stop: asyncio.Event) -> None:
     settings = Settings()  # type: ignore[call-arg]
     rt = await start_runtime("inference", settings)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
-    repo = Repository(settings.inference_models, settings.registry_addr, objects,
-                      TrustStore.from_dir(Path(settings.trusted_keys_dir)))
+    repo = Repository(settings.inference_models, RegistryClient(settings.registry_addr), objects,
+                      TrustStore.from_dir(Path(settings.trusted_keys_dir)), rt.publisher, rt.namer)
     prediction_log = PredictionLog(rt.publisher, rt.namer, capacity=settings.prediction_log_capacity,
                                    when_full=settings.prediction_log_when_full,
                                    block_s=settings.prediction_log_block_s, batch_size=settings.prediction_log_batch,

@@ -9,6 +9,7 @@ from loopline_core import runtime
 from loopline_core.db import create_pool, migrate
 from loopline_core.objstore import ObjectStore
 from loopline_core.outbox import Relay
+from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 
@@ -24,7 +25,8 @@ async def main(stop: asyncio.Event) -> None:
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
-    refs = References(settings.registry_addr, objects, TrustStore.from_dir(Path(settings.trusted_keys_dir)))
+    refs = References(RegistryClient(settings.registry_addr), objects,
+                      TrustStore.from_dir(Path(settings.trusted_keys_dir)), rt.publisher, rt.namer)
     relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
     await relay.start()
     handler = PredictionHandler(MonitorStore(pool), refs, objects, relay, rt.namer, settings)

@@ -7,36 +7,46 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import grpc
-from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.objstore import ObjectStore
+from loopline_core.refusals import report_refusal
+from loopline_core.registry import RegistryClient
 from loopline_core.signing import TrustStore
 from loopline_ml.store import fetch_verified
 
 
 class References:
-    def __init__(self, registry_addr: str, objects: ObjectStore, trust: TrustStore) -> None:
-        self._channel = grpc.aio.insecure_channel(registry_addr)
-        self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
+    def __init__(self, registry: RegistryClient, objects: ObjectStore, trust: TrustStore, publisher: Publisher,
+                 namer: TopicNamer) -> None:
+        self._registry = registry
         self._objects = objects
         self._trust = trust
+        self._publisher = publisher
+        self._namer = namer
         self._cache: dict[tuple[str, int], tuple[dict[str, Any], list[str]]] = {}
+        self._refused: set[tuple[str, int]] = set()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._registry.close()
 
     async def get(self, model: str, version: int) -> tuple[dict[str, Any], list[str]]:
+        """The version's training reference and feature names; a version the registry does not know is
+        NOT_FOUND (permanent), an artifact that fails verification FAILED_PRECONDITION and, the first time,
+        an ArtifactRefused alert."""
         if (model, version) not in self._cache:
-            try:
-                resp = await self._registry.GetModelVersion(
-                    registry_pb2.GetModelVersionRequest(model_name=model, version=version), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                raise LooplineError(ErrorKind.UNAVAILABLE, f"registry: {exc.details()}") from exc
-            v = resp.version
+            v = await self._registry.get(model, version)
             with tempfile.TemporaryDirectory(prefix="loopline-ref-") as tmp:
-                loaded = await fetch_verified(self._objects, self._trust, v.artifact_uri, v.signature_uri,
-                                              v.signer_key_id, into=Path(tmp))
+                try:
+                    loaded = await fetch_verified(self._objects, self._trust, v.artifact_uri, v.signature_uri,
+                                                  v.signer_key_id, into=Path(tmp))
+                except LooplineError as exc:
+                    if exc.kind is ErrorKind.FAILED_PRECONDITION and (model, version) not in self._refused:
+                        self._refused.add((model, version))
+                        await report_refusal(self._publisher, self._namer, service="monitor", model=model,
+                                             version=version, artifact_uri=v.artifact_uri,
+                                             signer_key_id=v.signer_key_id, error=exc)
+                    raise
                 ref = json.loads((Path(tmp) / "model" / "reference.json").read_text())
             self._cache[(model, version)] = (ref, loaded.config.feature_names)
         return self._cache[(model, version)]
