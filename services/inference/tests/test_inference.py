@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 from loopline.inference.v1.events_pb2 import PredictionLogged
+from loopline.monitor.v1.events_pb2 import ArtifactRefused
+from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.kafka import TopicNamer
+from loopline_core.kafka.records import MESSAGE_TYPE
+from loopline_core.registry import RegistryClient
 from loopline_inference.domain.tensors import TensorIn, to_batch
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, read_topic, register_signed_model, set_alias
@@ -92,6 +96,9 @@ async def test_serves_the_champion_to_tritons_client(isolated: dict[str, str],
             await asyncio.sleep(0.2)
     assert "signature verification failed" in log.read_text()
     assert client.infer("fraud", [_input(x)]).get_response().model_version == "1"
+    refused = await _refusals(isolated, 1)
+    assert [(r.model_version, r.service, r.kind) for r in refused] == [(bad.version, "inference", "tampered")], \
+        "a refused artifact is an alert, not just a log line"
 
     # a good new champion is picked up from the model event, without a restart
     v3 = await register_signed_model(isolated, svc.addr("registry"), "fraud", seed=3)
@@ -99,6 +106,8 @@ async def test_serves_the_champion_to_tritons_client(isolated: dict[str, str],
     await _serving(client, str(v3.version))
     np.testing.assert_allclose(client.infer("fraud", [_input(x)]).as_numpy("score"), make_model(3).predict(x),
                                rtol=1e-5)
+
+    await _rollback_and_retired(isolated, svc.addr("registry"), client, x, v3.version)
 
     # every row served is logged for the monitor, with its inputs and the version that scored it
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
@@ -109,6 +118,42 @@ async def test_serves_the_champion_to_tritons_client(isolated: dict[str, str],
     assert [p.entity_id for p in first] == ["a", "b", "c", "d", "e"]
     np.testing.assert_allclose([list(p.inputs) for p in first], x, rtol=1e-6)
     assert {p.model_version for p in first} == {1}
+
+
+async def _refusals(env: dict[str, str], count: int) -> list[ArtifactRefused]:
+    namer = TopicNamer(env["LOOPLINE_TOPIC_PREFIX"])
+    records = await read_topic(env["LOOPLINE_KAFKA_BOOTSTRAP"], namer.alerts(), count)
+    assert all(r.header(MESSAGE_TYPE) == "loopline.monitor.v1.ArtifactRefused" for r in records)
+    return [ArtifactRefused.FromString(r.value) for r in records]
+
+
+async def _rollback_and_retired(env: dict[str, str], registry: str, client: tg.InferenceServerClient,
+                                x: np.ndarray, serving: int) -> None:
+    """A rollback reaches inference in one call; a retired version is never served."""
+    v5 = await register_signed_model(env, registry, "fraud", seed=5)
+    await set_alias(registry, "fraud", "champion", v5.version)
+    await _serving(client, str(v5.version))
+    rc = RegistryClient(registry)
+    try:
+        back, left = await rc.rollback("fraud", "champion", actor="sre", reason="v5 misbehaves", expected=v5.version)
+        assert (back.version, left) == (serving, v5.version)
+        await _serving(client, str(serving))
+        np.testing.assert_allclose(client.infer("fraud", [_input(x)]).as_numpy("score"), make_model(3).predict(x),
+                                   rtol=1e-5)
+
+        await rc.set_stage("fraud", v5.version, "retired", actor="sre", reason="bad weights")
+        with pytest.raises(LooplineError) as err:
+            await rc.set_alias("fraud", "champion", v5.version, actor="sre", reason="oops", expected=serving)
+        assert err.value.kind is ErrorKind.FAILED_PRECONDITION and "retired" in err.value.message
+        # the version that held champion before this one is the tampered one: retire it, then roll back
+        await rc.set_stage("fraud", serving - 1, "retired", actor="sre", reason="tampered")
+        with pytest.raises(LooplineError) as err:
+            await rc.rollback("fraud", "champion", actor="sre", reason="again")
+        assert err.value.kind is ErrorKind.FAILED_PRECONDITION and "retired" in err.value.message
+        assert client.infer("fraud", [_input(x)]).get_response().model_version == str(serving), \
+            "a retired version is never served"
+    finally:
+        await rc.close()
 
 
 async def test_an_unknown_signer_is_refused(isolated: dict[str, str], services: Callable[..., ServiceSet],
@@ -125,3 +170,4 @@ async def test_an_unknown_signer_is_refused(isolated: dict[str, str], services: 
             await asyncio.sleep(0.2)
     assert "unknown key" in log.read_text()
     assert not tg.InferenceServerClient(svc.addr("inference")).is_model_ready("fraud")
+    assert [(r.kind, r.signer_key_id) for r in await _refusals(isolated, 1)] == [("unknown_key", v.signer_key_id)]

@@ -9,11 +9,11 @@ import uuid
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
-from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline.monitor.v1.events_pb2 import ArtifactRefused, DriftAlertRaised
 from loopline.registry.v1 import registry_pb2
 from loopline.trainer.v1.events_pb2 import TrainingCompleted
 from loopline_core.kafka import TopicNamer
-from loopline_core.kafka.records import DLQ_REASON
+from loopline_core.kafka.records import DLQ_REASON, MESSAGE_TYPE
 
 
 @dataclass
@@ -69,12 +69,19 @@ class Observer:
             if e.kind == registry_pb2.MODEL_EVENT_KIND_REGISTERED:
                 s.versions.append(e.version)
                 self.note("registered", f"{e.model_name} v{e.version} registered (signed)", e.version)
-            elif e.alias == "champion":
+            elif e.kind == registry_pb2.MODEL_EVENT_KIND_ALIAS_SET and e.alias == "champion":
                 s.champion = e.version
-                self.note("promoted", f"champion -> v{e.version}: {e.reason}", e.version)
-            else:
+                self.note("promoted", f"champion -> v{e.version} ({e.action} by {e.actor}): {e.reason}", e.version)
+            elif e.kind == registry_pb2.MODEL_EVENT_KIND_ALIAS_SET:
                 self.note("alias", f"{e.alias} -> v{e.version}: {e.reason}", e.version)
+            elif e.kind == registry_pb2.MODEL_EVENT_KIND_STAGE_CHANGED:
+                self.note("stage", f"v{e.version} -> {registry_pb2.Stage.Name(e.stage).lower()[6:]}: {e.reason}",
+                          e.version)
         elif topic == self.namer.alerts():
+            if headers.get(MESSAGE_TYPE, b"").decode() == "loopline.monitor.v1.ArtifactRefused":
+                r = ArtifactRefused.FromString(value)
+                self.note("refused", f"{r.service} refused v{r.model_version} ({r.kind}): {r.reason}", r.model_version)
+                return
             a = DriftAlertRaised.FromString(value)
             s.alerts += 1
             worst = max(a.feature_scores.items(), key=lambda kv: kv[1])
@@ -84,9 +91,8 @@ class Observer:
             t = TrainingCompleted.FromString(value)
             s.trainings.append(t)
             if t.succeeded:
-                m = dict(t.metrics)
-                extra = f", champion on the same test set {m['champion_auc']:.3f}" if "champion_auc" in m else ""
-                self.note("trained", f"v{t.version} trained: auc {m.get('auc', 0):.3f}{extra}", int(t.version))
+                verdict = "passed" if t.gate_passed else "FAILED"
+                self.note("trained", f"v{t.version} trained; gate {verdict}: {t.gate_summary}", int(t.version))
             else:
                 self.note("trained", f"training failed: {t.error}")
         else:

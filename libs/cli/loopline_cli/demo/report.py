@@ -27,7 +27,7 @@ def rolling_auc(stats: TrafficStats, window: int = 300, step: int = 50) -> tuple
 
 
 def write(path: Path, stats: TrafficStats, seen: Observed, drift: list[dict[str, Any]], started: float,
-          drift_at: float | None, summary: dict[str, Any], threshold: float) -> Path:
+          drift_at: float | None, summary: dict[str, Any], threshold: float, models_html: str = "") -> Path:
     fig = make_subplots(rows=4, cols=1, vertical_spacing=0.07, subplot_titles=(
         "Drift: largest per-feature PSI of the monitor's window, by serving version",
         "Ranking quality with delayed labels: rolling AUC of served scores (300 transactions)",
@@ -59,7 +59,7 @@ def write(path: Path, stats: TrafficStats, seen: Observed, drift: list[dict[str,
     moments = "".join(f"<li><b>{rel(m.at):6.1f}s</b> {html.escape(m.text)}</li>" for m in seen.timeline)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Loopline demo report</title></head><body>"
             f"<h1>Loopline demo report</h1><p>{time.strftime('%Y-%m-%d %H:%M:%S')}</p><table>{rows}</table>"
-            f"<h2>Timeline</h2><ol>{moments}</ol>"
+            f"<h2>Timeline</h2><ol>{moments}</ol>{models_html}"
             f"{fig.to_html(full_html=False, include_plotlyjs='inline')}</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from loopline_cli.demo import report
+from loopline_cli.demo import models, report
 from loopline_cli.demo.observe import Observer
 from loopline_cli.demo.scenario import ScenarioConfig, ScenarioResult, run_scenario
 from loopline_cli.demo.traffic import Traffic
@@ -69,7 +69,7 @@ async def _demo(stack_env: dict[str, str], services: ServiceSet, cfg: ScenarioCo
                 last_print = time.time()
                 console.print(json.dumps({"phase": phase["now"], **{k: str(v) for k, v in holder.items()}}))
     result = task.result()
-    return await _finish(result, stack_env, cfg, out_dir)
+    return await _finish(result, stack_env, f"127.0.0.1:{services.ports['registry']}", out_dir)
 
 
 def _counters(traffic: Traffic, observer: Observer) -> dict[str, object]:
@@ -81,7 +81,7 @@ def _counters(traffic: Traffic, observer: Observer) -> dict[str, object]:
             "champion": f"v{o.champion}" if o.champion else "-", "last event": last}
 
 
-async def _finish(result: ScenarioResult, stack_env: dict[str, str], cfg: ScenarioConfig, out_dir: Path) -> int:
+async def _finish(result: ScenarioResult, stack_env: dict[str, str], registry_addr: str, out_dir: Path) -> int:
     store = ObjectStore(stack_env["LOOPLINE_S3_ENDPOINT"], stack_env["LOOPLINE_S3_ACCESS_KEY"],
                         stack_env["LOOPLINE_S3_SECRET_KEY"])
     drift = [json.loads(await store.get_bytes("loopline-reports", k))
@@ -95,8 +95,11 @@ async def _finish(result: ScenarioResult, stack_env: dict[str, str], cfg: Scenar
         "versions registered": o.versions, "drift alerts": o.alerts, "final serving version": result.final_version,
         "client latency p50/p99 (ms)": f"{lat[len(lat) // 2]:.1f} / {lat[int(len(lat) * 0.99)]:.1f}" if lat else "-",
     }
+    section, per_version = await models.section(registry_addr, store, "fraud")
+    summary["gates"] = {v: d["gate"] for v, d in per_version.items()}
     path = report.write(out_dir / f"loopline-demo-{time.strftime('%Y%m%d-%H%M%S')}.html", s, o, drift,
-                        result.started, result.drift_at, summary, PSI_THRESHOLD)
+                        result.started, result.drift_at, summary, PSI_THRESHOLD, section)
+    (out_dir / f"{path.stem}.versions.json").write_text(json.dumps(per_version, indent=1))
     await store.put_bytes("loopline-reports", f"demo/{path.name}", path.read_bytes(), content_type="text/html")
     table = Table(title="Loopline demo summary", show_header=False)
     for k, v in summary.items():
