@@ -99,10 +99,10 @@ def list_models(model: Annotated[str, typer.Argument(help="a model: list its ver
         return
     t = Table("version", "stage", "aliases", "gate", "auc_roc", "auc_pr", "rows", "run")
     for v in versions:
-        m = dict(v.metrics)
+        vm = dict(v.metrics)
         t.add_row(f"v{v.version}", stage_name(v.stage), ", ".join(v.aliases) or "-", _gate(v),
-                  f"{m['auc_roc']:.3f}" if "auc_roc" in m else "-", f"{m['auc_pr']:.3f}" if "auc_pr" in m else "-",
-                  str(int(m.get("test_rows", 0))) or "-", v.run_id[:12])
+                  f"{vm['auc_roc']:.3f}" if "auc_roc" in vm else "-", f"{vm['auc_pr']:.3f}" if "auc_pr" in vm else "-",
+                  str(int(vm.get("test_rows", 0))) or "-", v.run_id[:12])
     console.print(t)
 
 
@@ -125,10 +125,10 @@ def show(model: str, version: int, registry: Registry = "", as_json: AsJson = Fa
     if v.slices:
         t = Table("slice", "rows", "positives", "auc_roc", "champion auc_roc", "auc_pr", "champion auc_pr")
         for s in v.slices:
-            m, c = dict(s.metrics), dict(s.champion_metrics)
+            mine, champ = dict(s.metrics), dict(s.champion_metrics)
             t.add_row(s.slice or "all", str(s.rows), str(s.positives), *(
-                f"{d[k]:.3f}" if k in d else "-" for d, k in ((m, "auc_roc"), (c, "auc_roc"), (m, "auc_pr"),
-                                                               (c, "auc_pr"))))
+                f"{d[k]:.3f}" if k in d else "-" for d, k in ((mine, "auc_roc"), (champ, "auc_roc"),
+                                                               (mine, "auc_pr"), (champ, "auc_pr"))))
         console.print(t)
     for e in v.exports:
         console.print(f"export {e.format}: {e.uri} (opset {e.opset}, key {e.signer_key_id}) "

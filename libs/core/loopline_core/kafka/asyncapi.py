@@ -151,9 +151,14 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
         Channel(namer.training_results(), proto_model(TrainingCompleted.DESCRIPTOR), "model name", ("trainer",),
                 ("retrainer",)),
         Channel(namer.model_events(), proto_model(ModelChanged.DESCRIPTOR), "model name", ("registry (outbox)",),
-                ("inference",)),
-        Channel(namer.alerts(), proto_model(DriftAlertRaised.DESCRIPTOR), "model name", ("monitor",),
-                ("retrainer",)),
+                ("inference",), note="One event per registry change (registration, alias move with its action, "
+                                     "stage change, approval), committed with the change."),
+        Channel(namer.alerts(), proto_model(DriftAlertRaised.DESCRIPTOR), "model name",
+                ("monitor", "inference, monitor, trainer (artifact refusals)"), ("retrainer", "alerting"),
+                note="Also carries loopline.monitor.v1.ArtifactRefused (a service refused to load a tampered, "
+                     "unsigned, or unknown- or revoked-key artifact and kept serving what it had); the "
+                     "x-loopline-type header says which message a record is, and consumers skip kinds they "
+                     "do not handle."),
     ]
     out += [Channel(namer.predictions(m), proto_model(PredictionLogged.DESCRIPTOR), "request or entity id",
                     ("inference",), ("monitor",)) for m in models]
