@@ -74,7 +74,8 @@ async def run_scenario(bootstrap: str, namer: TopicNamer, feature_addr: str, inf
         await pub.start()
         req = TrainingRequested(metadata=metadata("demo", derived_id("bootstrap", namer.prefix, str(started))),
                                 model_name="fraud", dataset="transactions", reason="bootstrap: first model",
-                                seed=cfg.seed, params={"window_rows": str(cfg.bootstrap_window_rows)})
+                                seed=cfg.seed, has_seed=True,
+                                params={"window_rows": str(cfg.bootstrap_window_rows)})
         await pub.publish(namer.training_requests(), req.SerializeToString(), key="fraud",
                           message_type="loopline.trainer.v1.TrainingRequested")
         await pub.stop()

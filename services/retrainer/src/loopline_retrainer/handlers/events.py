@@ -93,7 +93,8 @@ class RetrainerHandlers:
             req = TrainingRequested(metadata=metadata("retrainer", row["request_id"],
                                                       correlation_id=row["cause_event_id"]),
                                     model_name=row["model_name"], dataset=self.s.retrainer_dataset,
-                                    reason=row["reason"], seed=self.s.retrainer_seed, params=params)
+                                    reason=row["reason"], seed=self.s.retrainer_seed, has_seed=True,
+                                    params=params)
             event = OutboxEvent(row["request_id"], self.namer.training_requests(), req.SerializeToString(),
                                 key=row["model_name"], message_type="loopline.trainer.v1.TrainingRequested")
             if await self.store.mark_in_flight(row["request_id"], event):
