@@ -37,7 +37,7 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
     assert seen.alerts >= 1 and kinds.index("drift") < kinds.index("alert", kinds.index("drift"))
     assert result.final_version >= 2 and seen.champion == result.final_version
     won = next(t for t in seen.trainings if t.succeeded and int(t.version) == result.final_version)
-    assert won.metrics["auc"] >= won.metrics["champion_auc"]
+    assert won.gate_passed, won.gate_summary
     # bad input never stopped the stream: every malformed record reached the dead-letter topic
     assert stats.malformed > 0 and seen.dead_letters == stats.malformed
 
@@ -62,3 +62,16 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
         versions = stub.ListModelVersions(registry_pb2.ListModelVersionsRequest(model_name="fraud")).versions
     assert champion.version == result.final_version
     assert all(v.signature_uri.endswith("model.sig") and v.signer_key_id for v in versions)
+
+    # ... and holds the evidence the promotion rested on: a gate that passed against the champion it
+    # replaced, slices, signed exports, a model card and the run's provenance
+    previous = next(v for v in versions if v.version != champion.version and v.stage == registry_pb2.STAGE_DEPRECATED)
+    assert champion.stage == registry_pb2.STAGE_PRODUCTION
+    assert champion.gate.passed and champion.gate.champion_version == previous.version
+    assert champion.gate.checks and all(c.passed for c in champion.gate.checks)
+    assert {e.format for e in champion.exports} == {"onnx", "onnx-int8"}
+    assert all(e.signature_uri and e.signer_key_id for e in champion.exports)
+    assert any(s.slice.startswith("country=") for s in champion.slices)
+    assert champion.model_card_uri.endswith("card.json")
+    assert champion.run.git_commit and champion.run.dataset_digest == champion.dataset_digest
+    assert len(champion.run.trajectory) > 1
