@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.objstore import ObjectStore
 from loopline_core.signing import SigningKey, TrustStore, sign_dir
 
@@ -30,11 +31,23 @@ async def upload_signed(objects: ObjectStore, key: SigningKey, model_dir: Path, 
 
 async def fetch_verified(objects: ObjectStore, trust: TrustStore, artifact_uri: str, signature_uri: str,
                          key_id: str, into: Path | None = None) -> ScoringModel:
-    """Download an artifact and its signature, verify against ``trust``, then load it."""
+    """Download an artifact and its signature, verify against ``trust``, then load it.
+
+    A refusal is a ``FAILED_PRECONDITION`` whose ``details["refusal"]`` says why (unsigned,
+    unknown_key, revoked_key, tampered) and ``details["signer_key_id"]`` which key; a version with no
+    signature URI, or whose signature object is gone, is unsigned.
+    """
     work = into or Path(tempfile.mkdtemp(prefix="loopline-artifact-"))
     bucket, prefix = split_uri(artifact_uri)
     await objects.get_dir(bucket, prefix, work / "model")
-    sbucket, skey = split_uri(signature_uri)
-    (work / "model.sig").write_bytes(await objects.get_bytes(sbucket, skey))
-    trust.verify(work / "model", work / "model.sig", key_id)
+    sig = work / "model.sig"
+    sig.unlink(missing_ok=True)
+    if signature_uri:
+        sbucket, skey = split_uri(signature_uri)
+        try:
+            sig.write_bytes(await objects.get_bytes(sbucket, skey))
+        except LooplineError as exc:
+            if exc.kind is not ErrorKind.NOT_FOUND:
+                raise
+    trust.verify(work / "model", sig, key_id)
     return load(work / "model")

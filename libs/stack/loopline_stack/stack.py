@@ -444,15 +444,15 @@ class Stack:
     # ---- signing keys -------------------------------------------------------------------------
 
     def _signing_keys(self, state: StackState) -> None:
-        from loopline_core.signing import generate_key  # noqa: PLC0415
+        """keys/private/<id>.key|.pub and the ``current`` pointer the trainer signs through (so
+        ``loopline keys rotate`` changes its key without a restart); keys/trusted/<id>.pub and
+        ``revoked`` for the readers."""
+        from loopline_core.signing import init_keys  # noqa: PLC0415
 
         keys = self.dir / "keys"
-        key = generate_key(keys / "private", "trainer")
-        trusted = keys / "trusted"
-        trusted.mkdir(parents=True)
-        shutil.copy(key.public_key_path, trusted / "trainer.pub")
-        state.env["LOOPLINE_SIGNING_KEY"] = str(key.private_key_path)
-        state.env["LOOPLINE_TRUSTED_KEYS_DIR"] = str(trusted)
+        key = init_keys(keys / "private", keys / "trusted")
+        state.env["LOOPLINE_SIGNING_KEY"] = str(key.path)
+        state.env["LOOPLINE_TRUSTED_KEYS_DIR"] = str(keys / "trusted")
 
     # ---- shared -------------------------------------------------------------------------------
 
