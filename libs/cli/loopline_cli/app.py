@@ -17,6 +17,7 @@ from rich.table import Table
 from loopline_cli.contracts import contracts_app
 from loopline_cli.dlq import dlq_app
 from loopline_cli.docs import docs_app
+from loopline_cli.keys import keys_app
 from loopline_cli.models import model_app
 from loopline_cli.replay import replay_command
 
@@ -28,6 +29,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(docs_app, name="docs")
 app.add_typer(model_app, name="model")
+app.add_typer(keys_app, name="keys")
 app.command("replay")(replay_command)
 console = Console(stderr=True)
 
