@@ -335,9 +335,10 @@ class TrustStore:
         if signer in self._revoked:
             raise refusal("revoked_key", f"signed by revoked key {signer!r}", signer)
         public = self._keys.get(signer)
-        if public is None or (hint and hint not in self._hints):
-            raise refusal("unknown_key", f"signed by a key this service does not trust (the registry names "
-                          f"{signer_key_id!r})", signer)
+        if public is None:
+            raise refusal("unknown_key", f"signed by unknown key {signer!r}", signer)
+        # A bundle whose key is unknown but that claims a trusted id fails below: a forged claim is
+        # tampering (with the registry's record), and the mismatch says so.
         try:
             model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public).verify(
                 model_dir, signature_path)
