@@ -1,4 +1,8 @@
+from pathlib import Path
+
 from loopline_core.settings import CoreSettings
+from loopline_ml.spec import default_dir
+from pydantic import Field
 
 
 class Settings(CoreSettings):
@@ -10,3 +14,5 @@ class Settings(CoreSettings):
     """Public keys accepted when the trainer loads the champion to compare against it."""
     registry_addr: str
     feature_addr: str
+    models_dir: Path = Field(default_factory=default_dir)
+    """Where the model specs are (``<name>.yaml``); read on every request, so an edit needs no restart."""

@@ -1,65 +1,131 @@
-"""Reproducible training and evaluation of the fraud MLP. Pure (numpy + torch, no I/O)."""
+"""Reproducible training of the fraud MLP: parameters, time split, fit with a loss trajectory. Pure.
+
+Same snapshot + same parameters + same seed = bit-identical weights (deterministic algorithms,
+full-batch Adam, no data loader shuffling), which is what lets a recorded run be re-fitted later.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from loopline_core.errors import invalid
 from loopline_ml.artifact import ModelConfig, ScoringModel, build_network
-from loopline_ml.drift import auc
+from loopline_ml.spec import Training
+
+from loopline_trainer.domain.snapshot import Snapshot
+
+OVERRIDABLE = ("window_rows", "epochs", "lr", "hidden")
+"""Request params that may override the spec. Anything else a request sends is ignored (and not recorded
+as effective), so a request can never rewrite provenance such as the seed or the dataset."""
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    hidden: tuple[int, ...]
+    epochs: int
+    lr: float
+    holdout: float
+    validation: float
+    window_rows: int = 0
+
+    def as_strings(self) -> dict[str, str]:
+        """Every effective parameter, as the Run records it."""
+        return {"seed": str(self.seed), "hidden": ",".join(map(str, self.hidden)), "epochs": str(self.epochs),
+                "lr": repr(self.lr), "holdout": repr(self.holdout), "validation": repr(self.validation),
+                "window_rows": str(self.window_rows)}
+
+    @classmethod
+    def from_strings(cls, p: Mapping[str, str]) -> Params:
+        try:
+            return cls(int(p["seed"]), tuple(int(h) for h in p["hidden"].split(",")), int(p["epochs"]),
+                       float(p["lr"]), float(p["holdout"]), float(p["validation"]), int(p.get("window_rows", "0")))
+        except (KeyError, ValueError) as exc:
+            raise invalid(f"recorded params are incomplete or malformed: {exc}") from exc
+
+
+def effective_params(spec: Training, requested: Mapping[str, str], seed: int | None) -> Params:
+    """The spec's defaults, overridden by the allow-listed request params; ``seed`` None: the spec's."""
+    try:
+        hidden = tuple(int(h) for h in requested["hidden"].split(",")) if "hidden" in requested \
+            else tuple(spec.hidden)
+        params = Params(seed=spec.seed if seed is None else seed, hidden=hidden,
+                        epochs=int(requested.get("epochs", spec.epochs)), lr=float(requested.get("lr", spec.lr)),
+                        holdout=spec.holdout, validation=spec.validation,
+                        window_rows=int(requested.get("window_rows", "0") or 0))
+    except ValueError as exc:
+        raise invalid(f"bad training params {dict(requested)}: {exc}") from exc
+    if params.epochs <= 0 or params.lr <= 0 or not params.hidden or min(params.hidden) <= 0 or params.window_rows < 0:
+        raise invalid(f"training params out of range: {params.as_strings()}")
+    return params
 
 
 @dataclass(frozen=True)
 class Split:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    """Row ranges of a snapshot in event-time order: train, then validation, then test (the newest)."""
+
+    train: slice
+    validation: slice
+    test: slice
 
 
-def time_split(x: np.ndarray, y: np.ndarray, holdout: float = 0.25) -> Split:
-    """Rows are ordered by event time: the most recent ``holdout`` share is the test set, as in
-    production, where a model is always judged on data newer than what it learned from."""
-    cut = int(len(y) * (1 - holdout))
-    return Split(x[:cut], y[:cut], x[cut:], y[cut:])
+def time_split(n: int, holdout: float, validation: float) -> Split:
+    """The newest ``holdout`` share is the test set, as in production, where a model is always judged on
+    data newer than what it learned from; the ``validation`` share just before it tracks overfitting."""
+    test_start = int(n * (1 - holdout))
+    val_start = int(n * (1 - holdout - validation))
+    return Split(slice(0, val_start), slice(val_start, test_start), slice(test_start, n))
 
 
-def train(x: np.ndarray, y: np.ndarray, feature_names: list[str], seed: int, *, hidden: tuple[int, ...] = (16, 8),
-          epochs: int = 150, lr: float = 0.01) -> tuple[ScoringModel, list[float]]:
-    """Full-batch Adam on weighted BCE. Same inputs and seed give the same weights."""
-    torch.manual_seed(seed)
+def check_trainable(snap: Snapshot, split: Split, min_rows: int, min_positives: int) -> None:
+    y = snap.y
+    positives = int(y.sum())
+    if len(y) < min_rows or positives < min_positives:
+        raise invalid(f"training set too small: {len(y)} rows, {positives} positive "
+                      f"(needs {min_rows} rows, {min_positives} positive)")
+    for name, part in (("training", split.train), ("test", split.test)):
+        py = y[part]
+        if py.sum() == 0 or py.sum() == len(py):
+            raise invalid(f"the {name} part of the set has one class ({len(py)} rows, {int(py.sum())} positive)")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: ScoringModel
+    losses: list[float]
+    validation_losses: list[float]
+
+
+def fit(snap: Snapshot, split: Split, params: Params) -> Fitted:
+    """Full-batch Adam on class-weighted BCE over the training rows; the validation loss is measured
+    after each epoch (same weighting) and never feeds back into training."""
+    torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True)
+    x, y = snap.x[split.train], snap.y[split.train]
     mean = x.mean(axis=0)
     std = x.std(axis=0) + 1e-6
-    net = build_network(x.shape[1], list(hidden))
-    xt = (torch.from_numpy(x.astype(np.float32)) - torch.from_numpy(mean.astype(np.float32))) / torch.from_numpy(
-        std.astype(np.float32))
+    net = build_network(x.shape[1], list(params.hidden))
+    m, s = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
+    xt = (torch.from_numpy(x.astype(np.float32)) - m) / s
     yt = torch.from_numpy(y.astype(np.float32)).reshape(-1, 1)
+    xv = (torch.from_numpy(snap.x[split.validation].astype(np.float32)) - m) / s
+    yv = torch.from_numpy(snap.y[split.validation].astype(np.float32)).reshape(-1, 1)
     pos = float(y.sum())
-    pos_weight = torch.tensor([(len(y) - pos) / pos if pos else 1.0])
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    losses = []
-    for _ in range(epochs):
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([(len(y) - pos) / pos if pos else 1.0]))
+    opt = torch.optim.Adam(net.parameters(), lr=params.lr)
+    losses, val_losses = [], []
+    for _ in range(params.epochs):
         opt.zero_grad()
         loss = loss_fn(net(xt), yt)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    config = ModelConfig(feature_names, list(hidden), mean.astype(float).tolist(), std.astype(float).tolist())
-    return ScoringModel(config, net), losses
-
-
-def evaluate(model: ScoringModel, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    p = model.predict(x).ravel()
-    pred = p >= 0.5
-    truth = y.astype(bool)
-    tp = float((pred & truth).sum())
-    return {
-        "auc": auc(truth, p),
-        "accuracy": float((pred == truth).mean()) if len(y) else 0.0,
-        "precision": tp / max(float(pred.sum()), 1.0),
-        "recall": tp / max(float(truth.sum()), 1.0),
-        "test_rows": float(len(y)),
-    }
+        if len(yv):
+            with torch.no_grad():
+                val_losses.append(loss_fn(net(xv), yv).item())
+    config = ModelConfig(snap.feature_names, list(params.hidden), mean.astype(float).tolist(),
+                         std.astype(float).tolist())
+    return Fitted(ScoringModel(config, net), losses, val_losses)

@@ -1,0 +1,42 @@
+"""From a snapshot and parameters to an artifact directory, and back from a recorded Run. Pure (local files).
+
+``refit`` is the proof of the lineage: given the Run a version recorded and the snapshot bytes its
+digest names, it rebuilds the artifact, whose digest must equal the recorded ``artifact_digest``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loopline.registry.v1 import registry_pb2 as pb
+from loopline_ml import artifact
+from loopline_ml.drift import reference
+from loopline_ml.provenance import dir_digest
+
+from loopline_trainer.domain.snapshot import Snapshot, decode
+from loopline_trainer.domain.training import Fitted, Params, Split, fit, time_split
+
+
+@dataclass(frozen=True)
+class Trained:
+    snapshot: Snapshot
+    """The rows the run used (after ``window_rows``)."""
+    split: Split
+    fitted: Fitted
+    artifact_digest: str
+
+
+def train_to_dir(snap: Snapshot, params: Params, into: Path) -> Trained:
+    """Window, split, fit and save the torch artifact into ``into``; the snapshot must be trainable."""
+    rows = snap.tail(params.window_rows)
+    split = time_split(len(rows), params.holdout, params.validation)
+    fitted = fit(rows, split, params)
+    artifact.save(into, fitted.model, reference(rows.x[split.train], rows.feature_names))
+    return Trained(rows, split, fitted, dir_digest(into))
+
+
+def refit(run: pb.Run, data: bytes, feature_names: list[str], into: Path) -> Trained:
+    """Re-fit a recorded run from its snapshot bytes (refused unless they hash to ``run.dataset_digest``)."""
+    snap = decode(data, feature_names, run.dataset_digest)
+    return train_to_dir(snap, Params.from_strings(run.params), into)
