@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from loopline.ingest.v1.envelope_pb2 import EventIngested
+from loopline.monitor.v1.events_pb2 import ArtifactRefused
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline_cli.demo.synth import TransactionStream
@@ -20,7 +21,7 @@ from loopline_core.signing import TrustStore
 from loopline_ml.exports import onnx_scores
 from loopline_ml.store import fetch_verified, split_uri
 from loopline_stack.services import ServiceSet
-from loopline_testing.builders import quiet
+from loopline_testing.builders import quiet, register_signed_model, set_alias
 from loopline_trainer.domain.lineage import refit
 
 ROWS = 800
@@ -154,6 +155,9 @@ async def test_a_request_becomes_an_evaluated_gated_exported_version_with_a_card
 async def test_bit_identical_rerun_of_a_recorded_run_from_its_lineage(
         isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher) -> None:
     svc, namer, bootstrap = await _start(isolated, services, publisher)
+    # the champion's weights were altered after signing: the trainer must not compare against them
+    bad = await register_signed_model(isolated, svc.addr("registry"), "fraud", tamper=True)
+    await set_alias(svc.addr("registry"), "fraud", "champion", bad.version)
     [result] = await _results(publisher, namer, bootstrap, [_request("run-lineage")], 1)
     assert result.succeeded, result.error
     registry = RegistryClient(svc.addr("registry"))
@@ -161,6 +165,9 @@ async def test_bit_identical_rerun_of_a_recorded_run_from_its_lineage(
         v = await registry.get("fraud", int(result.version))
     finally:
         await registry.close()
+    assert not v.gate.passed and v.gate.champion_version == bad.version and "failed closed" in v.gate.summary
+    [refused] = [ArtifactRefused.FromString(r.value) for r in await quiet(bootstrap, namer.alerts(), 1, wait_s=0)]
+    assert (refused.service, refused.model_version, refused.kind) == ("trainer", bad.version, "tampered")
     assert v.run.seed == 7  # unset in the request: the spec's
     store = _store(isolated)
     data = await store.get_bytes(*split_uri(v.run.dataset_uri))
