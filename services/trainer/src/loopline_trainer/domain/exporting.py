@@ -45,6 +45,8 @@ def _built(fmt: str, directory: Path, name: str, opset: int, path: Path, torch_s
            x: np.ndarray, y: np.ndarray, fpr: float) -> BuiltExport:
     scores = onnx_scores(path, x)
     m = metrics(y, scores, fpr)
-    m["max_abs_diff_vs_torch"] = float(np.abs(scores - torch_scores).max()) if len(x) else 0.0
+    if len(x):
+        m["max_abs_diff_vs_torch"] = float(np.abs(scores - torch_scores).max())
+        m["mean_abs_diff_vs_torch"] = float(np.abs(scores - torch_scores).mean())
     m["size_bytes"] = float(path.stat().st_size)
     return BuiltExport(fmt, directory, name, opset, m)
