@@ -1,7 +1,8 @@
-"""Postgres persistence for the registry (schema ``registry``).
+"""Postgres persistence of models and versions (schema ``registry``).
 
 Every change is committed together with the ``ModelChanged`` event that reports it, in the
-schema's outbox (:mod:`loopline_core.outbox`); the relay started in ``main`` publishes it.
+schema's outbox (:mod:`loopline_core.outbox`), under the model's lock; the relay started in
+``main`` publishes it.
 """
 
 from __future__ import annotations
@@ -9,40 +10,15 @@ from __future__ import annotations
 import json
 
 import asyncpg
-from loopline_core.db import Migration
-from loopline_core.errors import not_found
+from loopline_core.errors import precondition
 from loopline_core.kafka import TopicNamer
-from loopline_core.outbox import enqueue, outbox_migration
+from loopline_core.outbox import enqueue
 
-from loopline_registry.adapters import events
-from loopline_registry.domain.models import Version
-
-SCHEMA = "registry"
-MIGRATIONS = [
-    Migration(1, "versions_aliases_audit", """
-        create table model_versions (
-            model_name text not null, version int not null, run_id text not null unique,
-            artifact_uri text not null, signature_uri text not null, signer_key_id text not null,
-            dataset_digest text not null, metrics jsonb not null, params jsonb not null,
-            feature_names jsonb not null, created_at timestamptz not null default now(),
-            primary key (model_name, version));
-        create table aliases (
-            model_name text not null, alias text not null, version int not null,
-            primary key (model_name, alias), foreign key (model_name, version) references model_versions);
-        create table alias_audit (
-            id bigserial primary key, model_name text not null, alias text not null,
-            from_version int, to_version int not null, reason text not null, actor text not null,
-            at timestamptz not null default now());
-    """),
-    outbox_migration(2),
-]
-
-
-def _version(row: asyncpg.Record, aliases: list[str]) -> Version:
-    return Version(row["model_name"], row["version"], row["artifact_uri"], row["signature_uri"],
-                   row["signer_key_id"], row["dataset_digest"], row["run_id"], json.loads(row["metrics"]),
-                   json.loads(row["params"]), json.loads(row["feature_names"]), row["created_at"].timestamp(),
-                   aliases)
+from loopline_registry.adapters import events, queries
+from loopline_registry.adapters.queries import locked
+from loopline_registry.adapters.schema import version_from_row
+from loopline_registry.domain import rules
+from loopline_registry.domain.models import Model, Stage, Version
 
 
 class RegistryStore:
@@ -50,69 +26,102 @@ class RegistryStore:
         self.pool = pool
         self.namer = namer
 
+    # ---- models ---------------------------------------------------------------------------------
+
+    async def apply_model(self, m: Model, actor: str) -> Model:
+        """Create or update a model's description and policy (undeleting it); an event only when it changed."""
+        async with locked(self.pool, m.name) as conn:
+            row = await conn.fetchrow("select * from models where name=$1", m.name)
+            current = Model(row["name"], row["description"], row["intended_use"], row["owner"],
+                            row["requires_approval"]) if row else None
+            if row is None or row["deleted"] or current is None or current.spec() != m.spec():
+                row = await conn.fetchrow(
+                    "insert into models(name, description, intended_use, owner, requires_approval, revision) "
+                    "values ($1,$2,$3,$4,$5,1) on conflict (name) do update set description=excluded.description,"
+                    " intended_use=excluded.intended_use, owner=excluded.owner,"
+                    " requires_approval=excluded.requires_approval, deleted=false,"
+                    " revision=models.revision+1, updated_at=now() returning *",
+                    m.name, m.description, m.intended_use, m.owner, m.requires_approval)
+                await enqueue(conn, events.model_changed(self.namer, m.name, row["revision"], "applied",
+                                                         actor=actor, deleted=False))
+            return await queries.model(conn, row)
+
+    async def get_model(self, name: str) -> Model:
+        async with self.pool.acquire() as conn:
+            return await queries.model(conn, await queries.model_row(conn, name))
+
+    async def list_models(self) -> list[Model]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("select * from models where not deleted order by name")
+            return [await queries.model(conn, r) for r in rows]
+
+    async def delete_model(self, name: str, actor: str, reason: str) -> None:
+        """Soft-delete a model none of whose versions holds an alias (deleting a deleted one is a no-op)."""
+        async with locked(self.pool, name) as conn:
+            row = await conn.fetchrow("select deleted from models where name=$1", name)
+            if row is not None and row["deleted"]:
+                return
+            await queries.model_row(conn, name)
+            held = await conn.fetch("select alias, version from aliases where model_name=$1 order by alias", name)
+            if held:
+                raise precondition(f"model {name} still has aliases ("
+                                   + ", ".join(f"{a['alias']} -> v{a['version']}" for a in held)
+                                   + "); delete them first")
+            revision = await conn.fetchval("update models set deleted=true, revision=revision+1, updated_at=now() "
+                                           "where name=$1 returning revision", name)
+            await enqueue(conn, events.model_changed(self.namer, name, revision, reason, actor=actor, deleted=True))
+
+    # ---- versions -------------------------------------------------------------------------------
+
     async def register(self, v: Version) -> tuple[Version, bool]:
-        """Insert ``v`` with the next version number and its REGISTERED event; (existing, False),
-        and no event, when its run_id is known."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"registry/{v.model_name}")
+        """Insert ``v`` as a candidate with the next version number and its REGISTERED event; (existing,
+        False), and no event, when its run_id is known. A model that does not exist is created."""
+        async with locked(self.pool, v.model_name) as conn:
             existing = await conn.fetchrow("select * from model_versions where run_id=$1", v.run_id)
             if existing:
-                return await self._with_aliases(conn, existing), False
+                return await queries.with_aliases(conn, existing), False
+            deleted = await conn.fetchval("insert into models(name) values ($1) on conflict (name) do update "
+                                          "set name=excluded.name returning deleted", v.model_name)
+            if deleted:
+                raise precondition(f"model {v.model_name} is deleted; apply it again to register versions")
             number = await conn.fetchval("select coalesce(max(version), 0) + 1 from model_versions "
                                          "where model_name=$1", v.model_name)
             row = await conn.fetchrow(
                 "insert into model_versions(model_name, version, run_id, artifact_uri, signature_uri, signer_key_id,"
-                " dataset_digest, metrics, params, feature_names) values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
-                "returning *", v.model_name, number, v.run_id, v.artifact_uri, v.signature_uri, v.signer_key_id,
-                v.dataset_digest, json.dumps(v.metrics), json.dumps(v.params), json.dumps(v.feature_names))
+                " dataset_digest, metrics, params, feature_names, stage, gate, run, slices, exports, model_card_uri)"
+                " values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) returning *",
+                v.model_name, number, v.run_id, v.artifact_uri, v.signature_uri, v.signer_key_id, v.dataset_digest,
+                json.dumps(v.metrics), json.dumps(v.params), json.dumps(v.feature_names), Stage.CANDIDATE.value,
+                _opt_json(v.gate), _opt_json(v.run), json.dumps(v.slices), json.dumps(v.exports), v.model_card_uri)
             await enqueue(conn, events.registered(self.namer, v.model_name, number))
-            return _version(row, []), True
+            return version_from_row(row, []), True
 
-    async def get(self, model_name: str, version: int) -> Version:
+    async def get(self, model_name: str, number: int) -> Version:
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow("select * from model_versions where model_name=$1 and version=$2",
-                                      model_name, version)
-            if row is None:
-                raise not_found(f"{model_name} v{version} is not registered")
-            return await self._with_aliases(conn, row)
+            return await queries.version(conn, model_name, number)
 
-    async def list(self, model_name: str) -> list[Version]:
+    async def list(self, model_name: str, include_deleted: bool) -> list[Version]:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("select * from model_versions where model_name=$1 order by version", model_name)
-            return [await self._with_aliases(conn, r) for r in rows]
+            rows = await conn.fetch("select * from model_versions where model_name=$1 and (not deleted or $2) "
+                                    "order by version", model_name, include_deleted)
+            return [await queries.with_aliases(conn, r) for r in rows]
 
-    async def set_alias(self, model_name: str, alias: str, version: int, reason: str,
-                        actor: str) -> tuple[Version, int]:
-        """Point ``alias`` at ``version``, with an audit row and an ALIAS_SET event; returns the
-        version and the one the alias pointed at before (0 for none)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            # the model's lock (as in register) orders its events: outbox creation order == commit order
-            await conn.execute("select pg_advisory_xact_lock(hashtext($1))", f"registry/{model_name}")
-            row = await conn.fetchrow("select * from model_versions where model_name=$1 and version=$2",
-                                      model_name, version)
-            if row is None:
-                raise not_found(f"{model_name} v{version} is not registered")
-            previous = await conn.fetchval("select version from aliases where model_name=$1 and alias=$2 for update",
-                                           model_name, alias)
-            await conn.execute("insert into aliases(model_name, alias, version) values ($1,$2,$3) "
-                               "on conflict (model_name, alias) do update set version=excluded.version",
-                               model_name, alias, version)
-            audit_id = await conn.fetchval(
-                "insert into alias_audit(model_name, alias, from_version, to_version, reason, actor)"
-                " values ($1,$2,$3,$4,$5,$6) returning id", model_name, alias, previous, version, reason, actor)
-            await enqueue(conn, events.alias_set(self.namer, model_name, alias, version, previous or 0, reason,
-                                                 audit_id))
-            return await self._with_aliases(conn, row), previous or 0
+    async def set_stage(self, model_name: str, number: int, stage: Stage, actor: str, reason: str) -> Version:
+        async with locked(self.pool, model_name) as conn:
+            v = await queries.version(conn, model_name, number, lock=True)
+            if rules.check_stage_change(v, stage, v.aliases):
+                await queries.set_stage(conn, self.namer, v, stage, reason, actor)
+            return v
 
-    async def resolve(self, model_name: str, alias: str) -> Version:
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow("select v.* from aliases a join model_versions v using (model_name, version) "
-                                      "where a.model_name=$1 and a.alias=$2", model_name, alias)
-            if row is None:
-                raise not_found(f"{model_name} has no {alias!r} alias")
-            return await self._with_aliases(conn, row)
+    async def delete_version(self, model_name: str, number: int, actor: str, reason: str) -> Version:
+        """Retire a version that holds no alias and hide it from listings (again: a no-op)."""
+        async with locked(self.pool, model_name) as conn:
+            v = await queries.version(conn, model_name, number, lock=True)
+            if v.aliases:
+                raise precondition(f"{v.label} holds {', '.join(v.aliases)}; move the alias first")
+            await queries.set_stage(conn, self.namer, v, Stage.RETIRED, reason, actor, deleted=True)
+            return v
 
-    async def _with_aliases(self, conn: asyncpg.Connection, row: asyncpg.Record) -> Version:
-        names = await conn.fetch("select alias from aliases where model_name=$1 and version=$2 order by alias",
-                                 row["model_name"], row["version"])
-        return _version(row, [r["alias"] for r in names])
+
+def _opt_json(value: object) -> str | None:
+    return json.dumps(value) if value is not None else None

@@ -1,14 +1,38 @@
-"""Registry domain: aliases and the rules for moving them. No transport or database imports."""
+"""Registry domain types: models, versions, stages, alias changes. No transport or database imports.
+
+The trainer's evidence (gate, run, slices, exports) is kept as plain JSON-shaped dicts: the domain
+reads only the gate's verdict and checks, and the rest travels through untouched.
+"""
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from loopline_core.errors import invalid
 
 ALIASES = ("champion", "challenger")
+CHAMPION = "champion"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class Stage(enum.StrEnum):
+    CANDIDATE = "candidate"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    DEPRECATED = "deprecated"
+    RETIRED = "retired"
+
+
+class Action(enum.StrEnum):
+    """How an alias moved (the audit row's ``action``)."""
+
+    SET = "set"
+    ROLLBACK = "rollback"
+    APPROVE = "approve"
+    DELETE = "delete"
 
 
 def check_model_name(name: str) -> str:
@@ -21,6 +45,39 @@ def check_alias(alias: str) -> str:
     if alias not in ALIASES:
         raise invalid(f"unknown alias {alias!r}; one of {', '.join(ALIASES)}")
     return alias
+
+
+def reason_or_default(reason: str) -> str:
+    return reason or "unspecified"
+
+
+def actor_or_default(actor: str) -> str:
+    return actor or "unknown"
+
+
+@dataclass
+class Model:
+    name: str
+    description: str = ""
+    intended_use: str = ""
+    owner: str = ""
+    requires_approval: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    aliases: dict[str, int] = field(default_factory=dict)
+    latest_version: int = 0
+    deleted: bool = False
+
+    def spec(self) -> tuple[str, str, str, bool]:
+        """What ApplyModel sets (the rest is written by the registry)."""
+        return self.description, self.intended_use, self.owner, self.requires_approval
+
+
+@dataclass
+class Approval:
+    actor: str
+    reason: str
+    at: float
 
 
 @dataclass
@@ -37,6 +94,14 @@ class Version:
     feature_names: list[str] = field(default_factory=list)
     created_at: float = 0.0
     aliases: list[str] = field(default_factory=list)
+    stage: Stage = Stage.CANDIDATE
+    deleted: bool = False
+    gate: dict[str, Any] | None = None
+    run: dict[str, Any] | None = None
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    model_card_uri: str = ""
+    approval: Approval | None = None
 
     def check(self) -> None:
         check_model_name(self.model_name)
@@ -46,3 +111,34 @@ class Version:
             raise invalid("a version must say which key signed it")
         if not self.run_id:
             raise invalid("run_id is required (it makes registration idempotent)")
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name} v{self.version}"
+
+    @property
+    def gate_passed(self) -> bool:
+        """A missing gate is a gate that did not pass: no evidence, no promotion."""
+        return bool(self.gate and self.gate.get("passed"))
+
+
+@dataclass
+class AliasChange:
+    id: int
+    model_name: str
+    alias: str
+    from_version: int
+    to_version: int
+    actor: str
+    reason: str
+    at: float
+    action: str
+    override_reason: str = ""
+    evidence: str = "{}"
+
+
+@dataclass
+class Lineage:
+    version: Version
+    archive_uri: str
+    alias_changes: list[AliasChange]

@@ -1,6 +1,6 @@
-"""RegistryService: thin gRPC handlers over the store; every change is reported as ModelChanged.
+"""RegistryService: thin gRPC handlers over the stores; every change is reported as ModelChanged.
 
-The store writes each event into the registry's outbox in the same transaction as the change, and
+The stores write each event into the registry's outbox in the same transaction as the change, and
 the outbox relay publishes it on ``loopline.models.events``: a change is never committed without
 its event, and a failed publish is retried by the relay, not lost. A handler waits (briefly) for
 the relay after a change, so that normally the event is out when the caller gets its answer; when
@@ -9,52 +9,140 @@ the broker is down the call still succeeds and the event follows once it is back
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
 from loopline_core.outbox import Relay
 
-from loopline_registry.adapters.convert import from_proto, to_proto
+from loopline_registry.adapters import convert
+from loopline_registry.adapters.aliases import AliasStore, Move
 from loopline_registry.adapters.store import RegistryStore
-from loopline_registry.domain.models import check_alias, check_model_name
+from loopline_registry.domain.models import actor_or_default, check_alias, check_model_name, reason_or_default
+
+Ctx: TypeAlias = grpc.aio.ServicerContext
+
+
+def _expected(request: pb.SetAliasRequest | pb.DeleteAliasRequest | pb.RollbackRequest) -> int | None:
+    return request.expected_version if request.HasField("expected_version") else None
+
+
+def _move(request: pb.SetAliasRequest | pb.DeleteAliasRequest | pb.RollbackRequest |
+          pb.ApproveModelVersionRequest) -> Move:
+    return Move(actor_or_default(request.actor), reason_or_default(request.reason))
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, relay: Relay, flush_s: float) -> None:
+    def __init__(self, store: RegistryStore, aliases: AliasStore, relay: Relay, flush_s: float) -> None:
         self.store = store
+        self.aliases = aliases
         self.relay = relay
         self.flush_s = flush_s
 
+    async def _flush(self) -> None:
+        await self.relay.flush(self.flush_s)
+
+    # ---- versions -------------------------------------------------------------------------------
+
     async def RegisterModelVersion(self, request: pb.RegisterModelVersionRequest,  # noqa: N802
-                                   context: grpc.aio.ServicerContext) -> pb.RegisterModelVersionResponse:
-        """Register a version; emits REGISTERED on ``loopline.models.events`` the first time (via the outbox)."""
-        v = from_proto(request.version)
+                                   context: Ctx) -> pb.RegisterModelVersionResponse:
+        """Register a version (always a candidate); emits REGISTERED the first time."""
+        v = convert.from_proto(request.version)
         v.check()
         stored, created = await self.store.register(v)
         if created:
-            await self.relay.flush(self.flush_s)
-        return pb.RegisterModelVersionResponse(version=to_proto(stored))
+            await self._flush()
+        return pb.RegisterModelVersionResponse(version=convert.to_proto(stored))
 
     async def GetModelVersion(self, request: pb.GetModelVersionRequest,  # noqa: N802
-                              context: grpc.aio.ServicerContext) -> pb.GetModelVersionResponse:
+                              context: Ctx) -> pb.GetModelVersionResponse:
         v = await self.store.get(check_model_name(request.model_name), request.version)
-        return pb.GetModelVersionResponse(version=to_proto(v))
+        return pb.GetModelVersionResponse(version=convert.to_proto(v))
 
     async def ListModelVersions(self, request: pb.ListModelVersionsRequest,  # noqa: N802
-                                context: grpc.aio.ServicerContext) -> pb.ListModelVersionsResponse:
-        versions = await self.store.list(check_model_name(request.model_name))
-        return pb.ListModelVersionsResponse(versions=[to_proto(v) for v in versions])
+                                context: Ctx) -> pb.ListModelVersionsResponse:
+        versions = await self.store.list(check_model_name(request.model_name), request.include_deleted)
+        return pb.ListModelVersionsResponse(versions=[convert.to_proto(v) for v in versions])
 
-    async def SetAlias(self, request: pb.SetAliasRequest,  # noqa: N802
-                       context: grpc.aio.ServicerContext) -> pb.SetAliasResponse:
-        """Move an alias (audited); emits ALIAS_SET on ``loopline.models.events`` (via the outbox)."""
+    async def DeleteModelVersion(self, request: pb.DeleteModelVersionRequest,  # noqa: N802
+                                 context: Ctx) -> pb.DeleteModelVersionResponse:
+        v = await self.store.delete_version(check_model_name(request.model_name), request.version,
+                                            actor_or_default(request.actor), reason_or_default(request.reason))
+        await self._flush()
+        return pb.DeleteModelVersionResponse(version=convert.to_proto(v))
+
+    async def SetStage(self, request: pb.SetStageRequest, context: Ctx) -> pb.SetStageResponse:  # noqa: N802
+        name, stage = check_model_name(request.model_name), convert.stage_from_proto(request.stage)
+        v = await self.store.set_stage(name, request.version, stage, actor_or_default(request.actor),
+                                       reason_or_default(request.reason))
+        await self._flush()
+        return pb.SetStageResponse(version=convert.to_proto(v))
+
+    async def GetLineage(self, request: pb.GetLineageRequest, context: Ctx) -> pb.GetLineageResponse:  # noqa: N802
+        lineage = await self.aliases.lineage(check_model_name(request.model_name), request.version)
+        return convert.lineage_to_proto(lineage)
+
+    # ---- aliases --------------------------------------------------------------------------------
+
+    async def SetAlias(self, request: pb.SetAliasRequest, context: Ctx) -> pb.SetAliasResponse:  # noqa: N802
+        """Move an alias (audited, compare-and-set); emits ALIAS_SET."""
         name, alias = check_model_name(request.model_name), check_alias(request.alias)
-        v, previous = await self.store.set_alias(name, alias, request.version, request.reason or "unspecified",
-                                                 request.actor or "unknown")
-        await self.relay.flush(self.flush_s)
-        return pb.SetAliasResponse(version=to_proto(v), previous_version=previous)
+        move = _move(request)
+        move.override_reason, move.evidence = request.override_reason, request.evidence
+        v, previous = await self.aliases.set_alias(name, alias, request.version, _expected(request), move)
+        await self._flush()
+        return pb.SetAliasResponse(version=convert.to_proto(v), previous_version=previous)
+
+    async def DeleteAlias(self, request: pb.DeleteAliasRequest, context: Ctx) -> pb.DeleteAliasResponse:  # noqa: N802
+        name, alias = check_model_name(request.model_name), check_alias(request.alias)
+        previous = await self.aliases.delete_alias(name, alias, _expected(request), _move(request))
+        await self._flush()
+        return pb.DeleteAliasResponse(previous_version=previous)
+
+    async def Rollback(self, request: pb.RollbackRequest, context: Ctx) -> pb.RollbackResponse:  # noqa: N802
+        name, alias = check_model_name(request.model_name), check_alias(request.alias)
+        v, previous = await self.aliases.rollback(name, alias, _expected(request), _move(request))
+        await self._flush()
+        return pb.RollbackResponse(version=convert.to_proto(v), previous_version=previous)
+
+    async def ApproveModelVersion(self, request: pb.ApproveModelVersionRequest,  # noqa: N802
+                                  context: Ctx) -> pb.ApproveModelVersionResponse:
+        expected = request.expected_champion if request.HasField("expected_champion") else None
+        v, previous = await self.aliases.approve(check_model_name(request.model_name), request.version, expected,
+                                                 _move(request))
+        await self._flush()
+        return pb.ApproveModelVersionResponse(version=convert.to_proto(v), previous_version=previous)
 
     async def ResolveAlias(self, request: pb.ResolveAliasRequest,  # noqa: N802
-                           context: grpc.aio.ServicerContext) -> pb.ResolveAliasResponse:
-        v = await self.store.resolve(check_model_name(request.model_name), check_alias(request.alias))
-        return pb.ResolveAliasResponse(version=to_proto(v))
+                           context: Ctx) -> pb.ResolveAliasResponse:
+        v = await self.aliases.resolve(check_model_name(request.model_name), check_alias(request.alias))
+        return pb.ResolveAliasResponse(version=convert.to_proto(v))
+
+    async def GetAliasHistory(self, request: pb.GetAliasHistoryRequest,  # noqa: N802
+                              context: Ctx) -> pb.GetAliasHistoryResponse:
+        alias = check_alias(request.alias) if request.alias else ""
+        changes = await self.aliases.history(check_model_name(request.model_name), alias, max(request.limit, 0))
+        return pb.GetAliasHistoryResponse(changes=[convert.change_to_proto(c) for c in changes])
+
+    # ---- models ---------------------------------------------------------------------------------
+
+    async def ApplyModel(self, request: pb.ApplyModelRequest, context: Ctx) -> pb.ApplyModelResponse:  # noqa: N802
+        m = convert.model_from_proto(request.model)
+        check_model_name(m.name)
+        stored = await self.store.apply_model(m, actor_or_default(request.actor))
+        await self._flush()
+        return pb.ApplyModelResponse(model=convert.model_to_proto(stored))
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Ctx) -> pb.GetModelResponse:  # noqa: N802
+        m = await self.store.get_model(check_model_name(request.name))
+        return pb.GetModelResponse(model=convert.model_to_proto(m))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Ctx) -> pb.ListModelsResponse:  # noqa: N802
+        return pb.ListModelsResponse(models=[convert.model_to_proto(m) for m in await self.store.list_models()])
+
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context: Ctx) -> pb.DeleteModelResponse:  # noqa: N802
+        await self.store.delete_model(check_model_name(request.name), actor_or_default(request.actor),
+                                      reason_or_default(request.reason))
+        await self._flush()
+        return pb.DeleteModelResponse()
