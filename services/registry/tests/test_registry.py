@@ -17,7 +17,9 @@ from loopline_testing.builders import read_topic
 def _version(run_id: str, auc: float) -> pb.ModelVersion:
     return pb.ModelVersion(model_name="fraud", artifact_uri=f"s3://loopline-models/fraud/{run_id}/model",
                            signature_uri=f"s3://loopline-models/fraud/{run_id}/model.sig", signer_key_id="k1",
-                           dataset_digest="d" * 64, run_id=run_id, metrics={"auc": auc}, feature_names=["a", "b"])
+                           dataset_digest="d" * 64, run_id=run_id, metrics={"auc": auc}, feature_names=["a", "b"],
+                           gate=pb.Gate(passed=True, summary="ok", checks=[
+                               pb.GateCheck(metric="auc", kind="absolute", threshold=0.5, value=auc, passed=True)]))
 
 
 async def test_versions_aliases_and_events(isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
@@ -56,7 +58,12 @@ async def test_versions_aliases_and_events(isolated: dict[str, str], services: C
 
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     events = [pb.ModelChanged.FromString(r.value) for r in
-              await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.model_events(), 4)]
+              await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.model_events(), 7)]
+    assert [(e.kind, e.version, e.stage) for e in events if e.kind == pb.MODEL_EVENT_KIND_STAGE_CHANGED] == [
+        (pb.MODEL_EVENT_KIND_STAGE_CHANGED, 1, pb.STAGE_PRODUCTION),
+        (pb.MODEL_EVENT_KIND_STAGE_CHANGED, 2, pb.STAGE_PRODUCTION),
+        (pb.MODEL_EVENT_KIND_STAGE_CHANGED, 1, pb.STAGE_DEPRECATED)], "production follows the champion"
+    events = [e for e in events if e.kind != pb.MODEL_EVENT_KIND_STAGE_CHANGED]
     assert [(e.kind, e.version, e.alias, e.previous_version) for e in events] == [
         (pb.MODEL_EVENT_KIND_REGISTERED, 1, "", 0), (pb.MODEL_EVENT_KIND_REGISTERED, 2, "", 0),
         (pb.MODEL_EVENT_KIND_ALIAS_SET, 1, "champion", 0), (pb.MODEL_EVENT_KIND_ALIAS_SET, 2, "champion", 1)]
@@ -83,13 +90,14 @@ async def test_every_change_commits_with_its_event_and_the_relay_publishes_each_
         rows = await conn.fetch("select event_id, message_type from registry.outbox order by seq")
     finally:
         await conn.close()
-    assert len(rows) == 2 and {r["message_type"] for r in rows} == {"loopline.registry.v1.ModelChanged"}
+    assert len(rows) == 3 and {r["message_type"] for r in rows} == {"loopline.registry.v1.ModelChanged"}
 
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
-    records = await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.model_events(), 2)
+    records = await read_topic(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.model_events(), 3)
     events = [pb.ModelChanged.FromString(r.value) for r in records]
     assert [(e.kind, e.version) for e in events] == [(pb.MODEL_EVENT_KIND_REGISTERED, 1),
-                                                    (pb.MODEL_EVENT_KIND_ALIAS_SET, 1)]
+                                                    (pb.MODEL_EVENT_KIND_ALIAS_SET, 1),
+                                                    (pb.MODEL_EVENT_KIND_STAGE_CHANGED, 1)]
     assert [e.metadata.event_id for e in events] == [r["event_id"] for r in rows]
     assert [r.header("x-loopline-event-id") for r in records] == [r["event_id"] for r in rows]
     assert {r.key for r in records} == {b"fraud"}, "keyed by the model, so its events stay in order"

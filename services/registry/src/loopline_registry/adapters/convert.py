@@ -60,7 +60,7 @@ def from_proto(m: pb.ModelVersion) -> Version:
     """A version to register: its number, stage, aliases and approval are the registry's to set."""
     return Version(m.model_name, 0, m.artifact_uri, m.signature_uri, m.signer_key_id, m.dataset_digest, m.run_id,
                    dict(m.metrics), dict(m.params), list(m.feature_names),
-                   gate=_dict(m.gate) if m.HasField("gate") else None,
+                   gate={**_dict(m.gate), "passed": m.gate.passed} if m.HasField("gate") else None,
                    run=_dict(m.run) if m.HasField("run") else None,
                    slices=[_dict(s) for s in m.slices], exports=[_dict(e) for e in m.exports],
                    model_card_uri=m.model_card_uri)
