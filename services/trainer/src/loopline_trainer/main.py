@@ -17,7 +17,7 @@ from loopline_trainer.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()
+    settings = Settings()  # type: ignore[call-arg]
     rt = await start_runtime("trainer", settings)
     private = Path(settings.signing_key)
     key = SigningKey(private, private.with_suffix(".pub"))
