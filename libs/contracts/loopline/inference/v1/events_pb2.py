@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from loopline.common.v1 import metadata_pb2 as loopline_dot_common_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"loopline/inference/v1/events.proto\x12\x15loopline.inference.v1\x1a!loopline/common/v1/metadata.proto\"\xe5\x01\n\x10PredictionLogged\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x0e\n\x06inputs\x18\x06 \x03(\x02\x12\x0f\n\x07outputs\x18\x07 \x03(\x02\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x11\n\tentity_id\x18\t \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"loopline/inference/v1/events.proto\x12\x15loopline.inference.v1\x1a!loopline/common/v1/metadata.proto\"\xa3\x02\n\x10PredictionLogged\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x0e\n\x06inputs\x18\x06 \x03(\x02\x12\x0f\n\x07outputs\x18\x07 \x03(\x02\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x11\n\tentity_id\x18\t \x01(\t\x12\x0c\n\x04role\x18\n \x01(\t\x12\x0f\n\x07variant\x18\x0b \x01(\t\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\r\n\x05\x65rror\x18\r \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loopline.inference.v1.event
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTIONLOGGED']._serialized_start=97
-  _globals['_PREDICTIONLOGGED']._serialized_end=326
+  _globals['_PREDICTIONLOGGED']._serialized_end=388
 # @@protoc_insertion_point(module_scope)

@@ -34,12 +34,26 @@ class PredictionLogged(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     ENTITY_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     request_id: _builtins.str
     latency_ms: _builtins.float
     entity_id: _builtins.str
     """The entity the prediction is about (for joining delayed labels), when the caller said."""
+    role: _builtins.str
+    """Which arm answered: "champion" or "challenger" (a canary or shadow version)."""
+    variant: _builtins.str
+    """The variant that computed the outputs: "torch", "onnx", "onnx-int8" or "triton"."""
+    shadow: _builtins.bool
+    """True for a shadow copy: the challenger scored it, the caller got the champion's answer."""
+    error: _builtins.str
+    """Set when this arm failed on the request (outputs empty); the caller got the champion's
+    in-process answer instead (logged in its own row).
+    """
     @_builtins.property
     def metadata(self) -> _metadata_pb2.EventMetadata: ...
     @_builtins.property
@@ -60,10 +74,14 @@ class PredictionLogged(_message.Message):
         outputs: _abc.Iterable[_builtins.float] | None = ...,
         latency_ms: _builtins.float = ...,
         entity_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "feature_names", b"feature_names", "inputs", b"inputs", "latency_ms", b"latency_ms", "metadata", b"metadata", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_id", b"entity_id", "error", b"error", "feature_names", b"feature_names", "inputs", b"inputs", "latency_ms", b"latency_ms", "metadata", b"metadata", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "request_id", b"request_id", "role", b"role", "shadow", b"shadow", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,8 @@ class Model(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    ROLLOUT_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     requires_approval: _builtins.bool
@@ -135,6 +137,14 @@ class Model(_message.Message):
     def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """alias -> version."""
 
+    @_builtins.property
+    def rollout(self) -> Global___RolloutPolicy:
+        """How a challenger meets traffic before it may replace the champion."""
+
+    @_builtins.property
+    def variants(self) -> Global___VariantPolicy:
+        """Which exported variant of a version answers a request."""
+
     def __init__(
         self,
         *,
@@ -147,14 +157,97 @@ class Model(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         aliases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         latest_version: _builtins.int = ...,
+        rollout: Global___RolloutPolicy | None = ...,
+        variants: Global___VariantPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "rollout", b"rollout", "updated_at", b"updated_at", "variants", b"variants"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "description", b"description", "intended_use", b"intended_use", "latest_version", b"latest_version", "name", b"name", "owner", b"owner", "requires_approval", b"requires_approval", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "description", b"description", "intended_use", b"intended_use", "latest_version", b"latest_version", "name", b"name", "owner", b"owner", "requires_approval", b"requires_approval", "rollout", b"rollout", "updated_at", b"updated_at", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class RolloutPolicy(_message.Message):
+    """RolloutPolicy says how a gated challenger is rolled out and when the rollout decides."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    STICKY_BY_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    MIN_SAMPLES_FIELD_NUMBER: _builtins.int
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _builtins.int
+    MIN_DURATION_S_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_S_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """"direct" (a gated version becomes champion at once), "canary" (a share of traffic goes to the
+    challenger) or "shadow" (the challenger scores a copy of all traffic; callers get the champion's answer).
+    """
+    canary_share: _builtins.float
+    """The canary's share of traffic, 0..1."""
+    sticky_by: _builtins.str
+    """"entity" (the same entity always meets the same arm) or "request" (by request id)."""
+    alpha: _builtins.float
+    """The sequential test's error level: the chance of a wrong promote or rollback over the whole rollout."""
+    min_samples: _builtins.int
+    """Per arm, the least observations before a promotion may be decided (rollback needs only the test)."""
+    latency_budget_ms: _builtins.float
+    """A challenger answer slower than this counts as a latency breach."""
+    min_duration_s: _builtins.float
+    """The rollout promotes only after this many seconds, even when the test decides earlier."""
+    max_duration_s: _builtins.float
+    """A rollout that has not decided after this long is rolled back (0: no limit)."""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        canary_share: _builtins.float = ...,
+        sticky_by: _builtins.str = ...,
+        alpha: _builtins.float = ...,
+        min_samples: _builtins.int = ...,
+        latency_budget_ms: _builtins.float = ...,
+        min_duration_s: _builtins.float = ...,
+        max_duration_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "canary_share", b"canary_share", "latency_budget_ms", b"latency_budget_ms", "max_duration_s", b"max_duration_s", "min_duration_s", b"min_duration_s", "min_samples", b"min_samples", "mode", b"mode", "sticky_by", b"sticky_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutPolicy: _TypeAlias = RolloutPolicy  # noqa: Y015
+
+@_typing.final
+class VariantPolicy(_message.Message):
+    """VariantPolicy routes requests across the exported variants of the served version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFAULT_VARIANT_FIELD_NUMBER: _builtins.int
+    FAST_VARIANT_FIELD_NUMBER: _builtins.int
+    FAST_BUDGET_MS_FIELD_NUMBER: _builtins.int
+    default_variant: _builtins.str
+    """The variant that answers by default: "torch", "onnx", "onnx-int8" or "triton"."""
+    fast_variant: _builtins.str
+    """The variant for a request whose latency budget (parameter "latency_budget_ms") is below fast_budget_ms."""
+    fast_budget_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        default_variant: _builtins.str = ...,
+        fast_variant: _builtins.str = ...,
+        fast_budget_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_variant", b"default_variant", "fast_budget_ms", b"fast_budget_ms", "fast_variant", b"fast_variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantPolicy: _TypeAlias = VariantPolicy  # noqa: Y015
 
 @_typing.final
 class GateCheck(_message.Message):
