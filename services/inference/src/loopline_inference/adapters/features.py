@@ -1,0 +1,47 @@
+"""Feature vectors for entity requests: one batched GetOnlineFeatures call per request."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
+from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.telemetry import inject_metadata
+
+from loopline_inference.domain.entities import EntityRequest
+
+_KINDS = {grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
+          grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
+          grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION}
+
+
+class OnlineFeatures:
+    def __init__(self, addr: str, timeout_s: float = 2.0) -> None:
+        self._channel = grpc.aio.insecure_channel(addr)
+        self._stub = feature_pb2_grpc.FeatureServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def vectors(self, view: str, request: EntityRequest, feature_names: list[str],
+                      as_of: Timestamp | None = None, timeout_s: float | None = None) -> np.ndarray:
+        """The (n, len(feature_names)) float32 vectors of ``request``'s entities, in the model's order."""
+        rows = [feature_pb2.RequestRow(numbers=n, strings=s) for n, s in zip(request.numbers, request.strings,
+                                                                            strict=True)]
+        msg = feature_pb2.GetOnlineFeaturesRequest(
+            feature_view=view, entity_ids=request.entity_ids, features=feature_names,
+            request=rows if any(request.numbers) or any(request.strings) else [], as_of=as_of)
+        try:
+            resp: feature_pb2.GetOnlineFeaturesResponse = await self._stub.GetOnlineFeatures(
+                msg, metadata=inject_metadata(), timeout=timeout_s or self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            kind = _KINDS.get(exc.code(), ErrorKind.UNAVAILABLE)
+            raise LooplineError(kind, f"feature service: {exc.details() or exc.code()}") from exc
+        if list(resp.feature_names) != feature_names or len(resp.rows) != len(request.entity_ids):
+            raise LooplineError(ErrorKind.FAILED_PRECONDITION,
+                                f"feature view {view!r} answered {list(resp.feature_names)} for "
+                                f"{len(resp.rows)} rows; the model needs {feature_names} for "
+                                f"{len(request.entity_ids)}")
+        return np.asarray([list(r.values) for r in resp.rows], dtype=np.float32).reshape(len(resp.rows), -1)
