@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from loopline.monitor.v1.events_pb2 import ArtifactRefused, DriftAlertRaised
 from loopline.registry.v1 import registry_pb2
+from loopline.retrainer.v1.events_pb2 import RolloutDecided
 from loopline.trainer.v1.events_pb2 import TrainingCompleted
 from loopline_core.kafka import TopicNamer
 from loopline_core.kafka.records import DLQ_REASON, MESSAGE_TYPE
+
+ROLLOUT_TYPE = RolloutDecided.DESCRIPTOR.full_name.encode()
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Observed:
     dead_letters: int = 0
     dlq_reasons: list[str] = field(default_factory=list)
     trainings: list[TrainingCompleted] = field(default_factory=list)
+    rollouts: list[RolloutDecided] = field(default_factory=list)
 
 
 class Observer:
@@ -64,7 +68,9 @@ class Observer:
 
     def _handle(self, topic: str, value: bytes, headers: dict[str, bytes]) -> None:
         s = self.seen
-        if topic == self.namer.model_events():
+        if topic == self.namer.model_events() and headers.get(MESSAGE_TYPE, b"") == ROLLOUT_TYPE:
+            self._rollout(RolloutDecided.FromString(value))
+        elif topic == self.namer.model_events():
             e = registry_pb2.ModelChanged.FromString(value)
             if e.kind == registry_pb2.MODEL_EVENT_KIND_REGISTERED:
                 s.versions.append(e.version)
@@ -98,3 +104,11 @@ class Observer:
         else:
             s.dead_letters += 1
             s.dlq_reasons.append(headers.get(DLQ_REASON, b"?").decode())
+
+    def _rollout(self, r: RolloutDecided) -> None:
+        self.seen.rollouts.append(r)
+        evidence = "; ".join(f"{g.name} {g.challenger_events}/{g.challenger_n} vs {g.champion_events}/{g.champion_n}"
+                             f" ({g.verdict})" for g in r.signals)
+        text = (f"{r.mode} of v{r.challenger_version} against champion v{r.champion_version}: "
+                f"{r.decision.replace('_', ' ')} after {r.elapsed_s:.0f}s: {r.reason}")
+        self.note("rollout", f"{text} [{evidence}]" if evidence else text, int(r.challenger_version))

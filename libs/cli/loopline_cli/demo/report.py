@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,28 @@ def rolling_auc(stats: TrafficStats, window: int = 300, step: int = 50) -> tuple
     return xs, ys
 
 
+def rollouts_html(seen: Observed, rel: Callable[[float], float]) -> str:
+    """Each rollout decision with the sequential test's evidence per watched rate."""
+    if not seen.rollouts:
+        return ""
+    head = ("<tr><th>decision</th><th>challenger</th><th>champion</th><th>mode</th><th>after</th><th>signal</th>"
+            "<th>challenger events/n</th><th>champion events/n</th><th>LR worse</th><th>LR not worse</th>"
+            "<th>threshold</th><th>verdict</th></tr>")
+    rows = []
+    for r in seen.rollouts:
+        lead = (f"<td>{html.escape(r.decision)}</td><td>v{r.challenger_version}</td><td>v{r.champion_version}</td>"
+                f"<td>{html.escape(r.mode)}</td><td>{r.elapsed_s:.0f}s</td>")
+        for g in r.signals or [None]:
+            cells = ("<td colspan='7'></td>" if g is None else
+                     f"<td>{html.escape(g.name)}</td><td>{g.challenger_events}/{g.challenger_n}</td>"
+                     f"<td>{g.champion_events}/{g.champion_n}</td><td>{g.worse_ratio:.3g}</td>"
+                     f"<td>{g.not_worse_ratio:.3g}</td><td>{g.threshold:.3g}</td><td>{html.escape(g.verdict)}</td>")
+            rows.append(f"<tr>{lead}{cells}</tr>")
+            lead = "<td colspan='5'></td>"
+        rows.append(f"<tr><td colspan='12'><i>{html.escape(r.reason)}</i></td></tr>")
+    return f"<h2>Rollouts</h2><table border='1' cellpadding='3'>{head}{''.join(rows)}</table>"
+
+
 def write(path: Path, stats: TrafficStats, seen: Observed, drift: list[dict[str, Any]], started: float,
           drift_at: float | None, summary: dict[str, Any], threshold: float, models_html: str = "") -> Path:
     fig = make_subplots(rows=4, cols=1, vertical_spacing=0.07, subplot_titles=(
@@ -46,7 +69,7 @@ def write(path: Path, stats: TrafficStats, seen: Observed, drift: list[dict[str,
     fig.add_trace(go.Scatter(x=[rel(x) for x in xs], y=ys, mode="lines", name="rolling AUC"), row=2, col=1)
     fig.add_trace(go.Scatter(x=[rel(s.at) for s in stats.scores], y=[s.latency_ms for s in stats.scores],
                              mode="markers", marker={"size": 3}, name="latency"), row=3, col=1)
-    kinds = {"registered": 1, "trained": 2, "alert": 3, "promoted": 4, "alias": 4, "drift": 5}
+    kinds = {"registered": 1, "trained": 2, "alert": 3, "promoted": 4, "alias": 4, "rollout": 4, "drift": 5}
     fig.add_trace(go.Scatter(x=[rel(m.at) for m in seen.timeline], y=[kinds.get(m.kind, 0) for m in seen.timeline],
                              mode="markers+text", text=[m.kind for m in seen.timeline], textposition="top center",
                              hovertext=[m.text for m in seen.timeline], name="events"), row=4, col=1)
@@ -59,7 +82,7 @@ def write(path: Path, stats: TrafficStats, seen: Observed, drift: list[dict[str,
     moments = "".join(f"<li><b>{rel(m.at):6.1f}s</b> {html.escape(m.text)}</li>" for m in seen.timeline)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Loopline demo report</title></head><body>"
             f"<h1>Loopline demo report</h1><p>{time.strftime('%Y-%m-%d %H:%M:%S')}</p><table>{rows}</table>"
-            f"<h2>Timeline</h2><ol>{moments}</ol>{models_html}"
+            f"<h2>Timeline</h2><ol>{moments}</ol>{rollouts_html(seen, rel)}{models_html}"
             f"{fig.to_html(full_html=False, include_plotlyjs='inline')}</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
