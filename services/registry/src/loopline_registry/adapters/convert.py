@@ -69,11 +69,16 @@ def from_proto(m: pb.ModelVersion) -> Version:
 def model_to_proto(m: Model) -> pb.Model:
     return pb.Model(name=m.name, description=m.description, requires_approval=m.requires_approval,
                     intended_use=m.intended_use, owner=m.owner, created_at=timestamp(m.created_at),
-                    updated_at=timestamp(m.updated_at), aliases=m.aliases, latest_version=m.latest_version)
+                    updated_at=timestamp(m.updated_at), aliases=m.aliases, latest_version=m.latest_version,
+                    rollout=_parse(m.rollout, pb.RolloutPolicy()), variants=_parse(m.variants, pb.VariantPolicy()))
 
 
 def model_from_proto(m: pb.Model) -> Model:
-    return Model(m.name, m.description, m.intended_use, m.owner, m.requires_approval)
+    """A model to apply; its policies are checked here (INVALID_ARGUMENT names the field at fault)."""
+    model = Model(m.name, m.description, m.intended_use, m.owner, m.requires_approval,
+                  rollout=_dict(m.rollout), variants=_dict(m.variants))
+    model.check_policies()
+    return model
 
 
 def change_to_proto(c: AliasChange) -> pb.AliasChange:

@@ -49,6 +49,11 @@ MIGRATIONS = [
             add column evidence jsonb not null default '{}', alter column to_version drop not null;
         create index alias_audit_model on alias_audit (model_name, id);
     """),
+    # The model's rollout and variant policies, as the proto's JSON (field names as in the proto).
+    Migration(4, "rollout_variant_policies", """
+        alter table models add column rollout jsonb not null default '{}',
+            add column variants jsonb not null default '{}';
+    """),
 ]
 
 
@@ -73,7 +78,8 @@ def version_from_row(row: asyncpg.Record, aliases: list[str]) -> Version:
 
 def model_from_row(row: asyncpg.Record, aliases: dict[str, int], latest: int) -> Model:
     return Model(row["name"], row["description"], row["intended_use"], row["owner"], row["requires_approval"],
-                 _ts(row["created_at"]), _ts(row["updated_at"]), aliases, latest, row["deleted"])
+                 _ts(row["created_at"]), _ts(row["updated_at"]), aliases, latest, row["deleted"],
+                 json.loads(row["rollout"]), json.loads(row["variants"]))
 
 
 def change_from_row(row: asyncpg.Record) -> AliasChange:

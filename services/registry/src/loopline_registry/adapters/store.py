@@ -33,15 +33,18 @@ class RegistryStore:
         async with locked(self.pool, m.name) as conn:
             row = await conn.fetchrow("select * from models where name=$1", m.name)
             current = Model(row["name"], row["description"], row["intended_use"], row["owner"],
-                            row["requires_approval"]) if row else None
+                            row["requires_approval"], rollout=json.loads(row["rollout"]),
+                            variants=json.loads(row["variants"])) if row else None
             if row is None or row["deleted"] or current is None or current.spec() != m.spec():
                 row = await conn.fetchrow(
-                    "insert into models(name, description, intended_use, owner, requires_approval, revision) "
-                    "values ($1,$2,$3,$4,$5,1) on conflict (name) do update set description=excluded.description,"
-                    " intended_use=excluded.intended_use, owner=excluded.owner,"
-                    " requires_approval=excluded.requires_approval, deleted=false,"
-                    " revision=models.revision+1, updated_at=now() returning *",
-                    m.name, m.description, m.intended_use, m.owner, m.requires_approval)
+                    "insert into models(name, description, intended_use, owner, requires_approval, rollout, variants,"
+                    " revision) values ($1,$2,$3,$4,$5,$6,$7,1) on conflict (name) do update set"
+                    " description=excluded.description, intended_use=excluded.intended_use, owner=excluded.owner,"
+                    " requires_approval=excluded.requires_approval, rollout=excluded.rollout,"
+                    " variants=excluded.variants, deleted=false, revision=models.revision+1, updated_at=now()"
+                    " returning *",
+                    m.name, m.description, m.intended_use, m.owner, m.requires_approval, json.dumps(m.rollout),
+                    json.dumps(m.variants))
                 await enqueue(conn, events.model_changed(self.namer, m.name, row["revision"], "applied",
                                                          actor=actor, deleted=False))
             return await queries.model(conn, row)

@@ -7,6 +7,7 @@ reads only the gate's verdict and checks, and the rest travels through untouched
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +68,45 @@ class Model:
     aliases: dict[str, int] = field(default_factory=dict)
     latest_version: int = 0
     deleted: bool = False
+    rollout: dict[str, Any] = field(default_factory=dict)
+    """The RolloutPolicy as JSON with its proto field names (unset fields absent)."""
+    variants: dict[str, Any] = field(default_factory=dict)
+    """The VariantPolicy, likewise."""
 
-    def spec(self) -> tuple[str, str, str, bool]:
+    def spec(self) -> tuple[str, str, str, bool, str, str]:
         """What ApplyModel sets (the rest is written by the registry)."""
-        return self.description, self.intended_use, self.owner, self.requires_approval
+        return (self.description, self.intended_use, self.owner, self.requires_approval,
+                json.dumps(self.rollout, sort_keys=True), json.dumps(self.variants, sort_keys=True))
+
+    def check_policies(self) -> None:
+        """A rollout policy the retrainer and inference can act on, and variants inference knows."""
+        r, v = self.rollout, self.variants
+        _one_of("rollout.mode", r.get("mode", ""), ("", "direct", "canary", "shadow"))
+        _one_of("rollout.sticky_by", r.get("sticky_by", ""), ("", "entity", "request"))
+        if not 0 <= float(r.get("canary_share", 0)) <= 1:
+            raise invalid("rollout.canary_share must be within 0..1", field="rollout.canary_share")
+        if r.get("mode") == "canary" and not float(r.get("canary_share", 0)) > 0:
+            raise invalid("a canary rollout needs a canary_share above 0", field="rollout.canary_share")
+        if not 0 <= float(r.get("alpha", 0)) < 1:
+            raise invalid("rollout.alpha must be within [0, 1) (0: the default)", field="rollout.alpha")
+        for key in ("min_samples", "latency_budget_ms", "min_duration_s", "max_duration_s"):
+            if float(r.get(key, 0)) < 0:
+                raise invalid(f"rollout.{key} must not be negative", field=f"rollout.{key}")
+        if 0 < float(r.get("max_duration_s", 0)) < float(r.get("min_duration_s", 0)):
+            raise invalid("rollout.max_duration_s must be 0 (no limit) or at least min_duration_s",
+                          field="rollout.max_duration_s")
+        for key in ("default_variant", "fast_variant"):
+            _one_of(f"variants.{key}", v.get(key, ""), ("", *VARIANTS))
+        if float(v.get("fast_budget_ms", 0)) < 0:
+            raise invalid("variants.fast_budget_ms must not be negative", field="variants.fast_budget_ms")
+
+
+VARIANTS = ("torch", "onnx", "onnx-int8", "triton")
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise invalid(f"{name} must be one of {', '.join(a for a in allowed if a)}: {value!r}", field=name)
 
 
 @dataclass
