@@ -1,4 +1,4 @@
-"""Composition root of the retrainer: Postgres, registry client, two consumers."""
+"""Composition root of the retrainer: Postgres, registry client, four consumers and the rollout checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from loopline_core.outbox import Relay
 from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 
+from loopline_retrainer.adapters.rollouts import RolloutStore
 from loopline_retrainer.adapters.store import MIGRATIONS, SCHEMA, RetrainerStore
 from loopline_retrainer.handlers.events import RetrainerHandlers
+from loopline_retrainer.handlers.rollouts import RolloutController
 from loopline_retrainer.settings import Settings
 
 
@@ -23,13 +25,22 @@ async def main(stop: asyncio.Event) -> None:
     registry = RegistryClient(settings.registry_addr)
     relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
     await relay.start()
-    h = RetrainerHandlers(RetrainerStore(pool), registry, relay, rt.namer, settings)
+    rollouts = RolloutController(RolloutStore(pool), registry, relay, rt.namer, settings)
+    h = RetrainerHandlers(RetrainerStore(pool), registry, relay, rt.namer, settings, rollouts)
     rt.consumer([rt.namer.alerts()], h.decode_alert, h.on_alert)
     rt.consumer([rt.namer.training_results()], h.decode_result, h.on_training_completed,
                 group=rt.namer.group("retrainer-results"))
     rt.consumer([rt.namer.labels(settings.retrainer_dataset)], h.decode_label, h.on_label,
                 group=rt.namer.group("retrainer-labels"))
-    rt.closers += [registry.close, pool.close, relay.stop]  # reversed at stop: the relay before the pool
+    rt.subscribe([rt.namer.predictions(m) for m in settings.retrainer_rollout_models], rollouts.decode_prediction,
+                 rollouts.on_predictions, group=rt.namer.group("retrainer-rollouts"))
+    checks = asyncio.create_task(rollouts.run_checks(stop))
+
+    async def finish_checks() -> None:  # a check in hand ends before the pool and the client close
+        await checks
+
+    # reversed at stop: the checks, then the relay, before the pool
+    rt.closers += [registry.close, pool.close, relay.stop, finish_checks]
     await serve_until(rt, stop)
 
 

@@ -16,3 +16,13 @@ class Settings(CoreSettings):
     data from before the drift would only learn the old world again."""
     retrainer_window_rows: int = 3000
     """Train on the most recent labelled rows only (0 = all of them)."""
+    retrainer_rollout_models: list[str] = ["fraud"]
+    """Models whose prediction rows the rollout controller watches (``loopline.predictions.<model>``)."""
+    retrainer_rollout_margin: float = 0.05
+    """How much higher (absolute) a challenger's rate may be and still count as not worse."""
+    retrainer_rollout_tau: float = 0.05
+    """The sequential test's mixture width: the rate difference it is most sensitive to."""
+    retrainer_rollout_score_threshold: float = 0.5
+    """A labelled row is wrong when its score at this threshold disagrees with the label."""
+    retrainer_rollout_check_s: float = 5.0
+    """How often running rollouts are decided again without new rows (durations pass without traffic)."""

@@ -6,6 +6,8 @@ import asyncpg
 from loopline_core.db import Migration
 from loopline_core.outbox import OutboxEvent, enqueue, outbox_migration
 
+from loopline_retrainer.adapters.rollouts import MIGRATION as ROLLOUTS
+
 SCHEMA = "retrainer"
 MIGRATIONS = [Migration(1, "requests_decisions", """
     create table requests (
@@ -20,7 +22,7 @@ MIGRATIONS = [Migration(1, "requests_decisions", """
     create table skipped (
         cause_event_id text primary key, model_name text not null, reason text not null,
         at timestamptz not null default now());
-"""), outbox_migration(2)]
+"""), outbox_migration(2), ROLLOUTS]
 
 
 class RetrainerStore:

@@ -14,6 +14,8 @@ from enum import StrEnum
 
 class Action(StrEnum):
     PROMOTE = "promote"
+    ROLLOUT = "rollout"
+    """Promote through a canary or shadow rollout: the version becomes ``challenger`` first."""
     STAGE = "stage"
     REJECT = "reject"
     NOTHING = "nothing"
@@ -40,6 +42,8 @@ class Candidate:
     gate_champion: int
     """The champion the gate's change checks compared against (0: there was none)."""
     requires_approval: bool
+    rollout_mode: str = "direct"
+    """The model's rollout policy mode: "direct", "canary" or "shadow" ("" reads as direct)."""
 
 
 def may_request(in_flight_age_s: float | None, since_last_done_s: float | None, *, in_flight_timeout_s: float,
@@ -68,4 +72,8 @@ def decide(c: Candidate, champion: int | None) -> Decision:
     why = "first version, gate passed" if champion is None else f"gate passed against champion v{champion}"
     if c.requires_approval:
         return Decision(Action.STAGE, f"{why}; staged for approval (`loopline model approve`)")
-    return Decision(Action.PROMOTE, f"{why}: {c.gate_summary}" if c.gate_summary else why)
+    why = f"{why}: {c.gate_summary}" if c.gate_summary else why
+    # with a champion to compare against on live traffic, a canary or shadow rollout decides the rest
+    rollout = champion is not None and c.rollout_mode in ("canary", "shadow")
+    return Decision(Action.ROLLOUT, f"{why}; rolled out as {c.rollout_mode} challenger") if rollout else \
+        Decision(Action.PROMOTE, why)

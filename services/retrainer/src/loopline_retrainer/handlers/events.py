@@ -13,12 +13,13 @@ from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Record, TopicNamer
 from loopline_core.kafka.codec import proto
 from loopline_core.kafka.records import MESSAGE_TYPE
-from loopline_core.labels import decode_label
+from loopline_core.labels import Label, decode_label
 from loopline_core.outbox import OutboxEvent, Relay
 from loopline_core.registry import RegistryClient
 
 from loopline_retrainer.adapters.store import RetrainerStore
 from loopline_retrainer.domain.policy import Action, Candidate, Decision, decide, may_request
+from loopline_retrainer.handlers.rollouts import RolloutController
 from loopline_retrainer.metrics import DECISIONS, REQUESTS
 from loopline_retrainer.settings import Settings
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 class RetrainerHandlers:
     def __init__(self, store: RetrainerStore, registry: RegistryClient, outbox: Relay, namer: TopicNamer,
-                 settings: Settings) -> None:
+                 settings: Settings, rollouts: RolloutController) -> None:
+        self.rollouts = rollouts
         self.store = store
         self.registry = registry
         self.outbox = outbox
@@ -48,9 +50,9 @@ class RetrainerHandlers:
         return alert
 
     @staticmethod
-    def decode_label(record: Record) -> str:
-        """The labelled event's id, through the decoder every label consumer shares."""
-        return decode_label(record).event_id
+    def decode_label(record: Record) -> Label:
+        """The label, through the decoder every label consumer shares."""
+        return decode_label(record)
 
     async def on_alert(self, alert: DriftAlertRaised | None, _record: Record) -> None:
         """Consumes ``loopline.monitor.alerts``; records a pending retraining request for a drift alert
@@ -79,14 +81,16 @@ class RetrainerHandlers:
         REQUESTS.labels(alert.model_name, "pending").inc()
         log.info("retraining once fresh labels arrive", extra={"model": alert.model_name, "reason": reason})
 
-    async def on_label(self, event_id: str, _record: Record) -> None:
+    async def on_label(self, label: Label, _record: Record) -> None:
         """Consumes ``loopline.labels.<dataset>``; counts labels and emits TrainingRequested on
-        ``loopline.training.requests`` for each pending request whose label wait is over.
+        ``loopline.training.requests`` for each pending request whose label wait is over; while a
+        rollout runs, the label also goes to the prediction rows it labels (see :mod:`.rollouts`).
 
         The request is marked in flight and its event written to the outbox in one transaction
         (its id is the request id, so the trainer recognises a repeat); the outbox relay publishes it.
         """
-        await self.store.count_label(event_id, self.s.retrainer_dataset)
+        await self.rollouts.on_label(label.event_id, label.value)
+        await self.store.count_label(label.event_id, self.s.retrainer_dataset)
         requested = False
         for row in await self.store.due(self.s.retrainer_dataset):
             params = {"window_rows": str(self.s.retrainer_window_rows)}
@@ -117,9 +121,9 @@ class RetrainerHandlers:
             return
         name, number = result.model_name, int(result.version)
         for _ in range(3):
-            d, champion = await self._decide(name, number)
+            d, champion, model = await self._decide(name, number)
             try:
-                await self._apply(name, number, d, champion, result)
+                await self._apply(model, number, d, champion, result)
                 break
             except LooplineError as exc:
                 if exc.kind is not ErrorKind.ABORTED:
@@ -132,20 +136,25 @@ class RetrainerHandlers:
         log.info("promotion decision", extra={"model": name, "version": number, "action": d.action.value,
                                               "reason": d.reason})
 
-    async def _decide(self, name: str, number: int) -> tuple[Decision, int]:
-        """The decision and the champion it was made against (0: none)."""
+    async def _decide(self, name: str, number: int) -> tuple[Decision, int, pb.Model]:
+        """The decision, the champion it was made against (0: none) and the model's record."""
         v = await self.registry.get(name, number)
         model = await self.registry.model(name)
         held = await self.registry.champion(name)
         champion = held.version if held is not None else 0
         return decide(Candidate(number, v.stage == pb.STAGE_RETIRED, v.gate.passed, v.gate.summary,
-                                v.gate.champion_version, model.requires_approval), champion or None), champion
+                                v.gate.champion_version, model.requires_approval, model.rollout.mode),
+                      champion or None), champion, model
 
-    async def _apply(self, name: str, number: int, d: Decision, champion: int, result: TrainingCompleted) -> None:
+    async def _apply(self, model: pb.Model, number: int, d: Decision, champion: int,
+                     result: TrainingCompleted) -> None:
+        name = model.name
         evidence = json.dumps({"decision": d.action.value, "reason": d.reason, "request": result.request_event_id,
                                "training_result": result.metadata.event_id})
         if d.action is Action.PROMOTE:
             await self.registry.set_alias(name, "champion", number, actor="retrainer", reason=d.reason,
                                           expected=champion, evidence=evidence)
+        elif d.action is Action.ROLLOUT:
+            await self.rollouts.start(model, number, champion, d.reason)
         elif d.action is Action.STAGE:
             await self.registry.set_stage(name, number, "staging", actor="retrainer", reason=d.reason)
