@@ -96,6 +96,39 @@ class Exports(_Strict):
     onnx: Onnx | None = Onnx()
 
 
+class Rollout(_Strict):
+    """How a gated challenger meets traffic before it may replace the champion (the registry's RolloutPolicy)."""
+
+    mode: Literal["direct", "canary", "shadow"] = "direct"
+    canary_share: float = Field(default=0.1, ge=0, le=1)
+    sticky_by: Literal["entity", "request"] = "entity"
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_samples: int = Field(default=200, ge=0)
+    latency_budget_ms: float = Field(default=100.0, gt=0)
+    min_duration_s: float = Field(default=60.0, ge=0)
+    max_duration_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rollout:
+        if self.mode == "canary" and self.canary_share <= 0:
+            raise ValueError("a canary rollout needs canary_share > 0")
+        if 0 < self.max_duration_s < self.min_duration_s:
+            raise ValueError("max_duration_s must be 0 (no limit) or at least min_duration_s")
+        return self
+
+
+Variant = Literal["torch", "onnx", "onnx-int8", "triton"]
+
+
+class Variants(_Strict):
+    """Which exported variant answers a request (the registry's VariantPolicy)."""
+
+    default_variant: Variant = "torch"
+    fast_variant: Variant | None = None
+    """For requests whose latency budget is under ``fast_budget_ms``."""
+    fast_budget_ms: float = Field(default=0.0, ge=0)
+
+
 class ModelSpec(_Strict):
     name: str
     description: str
@@ -107,6 +140,8 @@ class ModelSpec(_Strict):
     evaluation: Evaluation = Evaluation()
     gate: GateSpec = GateSpec()
     exports: Exports = Exports()
+    rollout: Rollout = Rollout()
+    variants: Variants = Variants()
 
 
 def default_dir() -> Path:

@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 
 
 def declared_model(spec: specs.ModelSpec) -> pb.Model:
+    """What the spec says of the model as a whole: description, approval, rollout and variant policies."""
+    v = spec.variants
     return pb.Model(name=spec.name, description=spec.description, intended_use=spec.intended_use, owner=spec.owner,
-                    requires_approval=spec.requires_approval)
+                    requires_approval=spec.requires_approval, rollout=pb.RolloutPolicy(**spec.rollout.model_dump()),
+                    variants=pb.VariantPolicy(default_variant=v.default_variant, fast_variant=v.fast_variant or "",
+                                              fast_budget_ms=v.fast_budget_ms))
 
 
 class TrainingHandler:
