@@ -16,6 +16,7 @@ from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline.registry.v1.registry_pb2 import ModelChanged
+from loopline.retrainer.v1.events_pb2 import RolloutDecided
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline.validator.v1.events_pb2 import ValidationFailed
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -103,7 +104,8 @@ class Label(BaseModel):
 @dataclass(frozen=True)
 class Channel:
     topic: str
-    payload: type[BaseModel]
+    payload: Any
+    """A pydantic model, or a union of them for a topic that carries several kinds (told apart by x-loopline-type)."""
     key: str
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
@@ -150,9 +152,13 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
                 ("retrainer", "ML engineers"), ("trainer",)),
         Channel(namer.training_results(), proto_model(TrainingCompleted.DESCRIPTOR), "model name", ("trainer",),
                 ("retrainer",)),
-        Channel(namer.model_events(), proto_model(ModelChanged.DESCRIPTOR), "model name", ("registry (outbox)",),
-                ("inference",), note="One event per registry change (registration, alias move with its action, "
-                                     "stage change, approval), committed with the change."),
+        Channel(namer.model_events(), proto_model(ModelChanged.DESCRIPTOR) | proto_model(RolloutDecided.DESCRIPTOR),
+                "model name", ("registry (outbox)", "retrainer (outbox)"), ("inference", "loopline demo"),
+                note="One ModelChanged per registry change (registration, alias move with its action, stage "
+                     "change, approval), committed with the change; one loopline.retrainer.v1.RolloutDecided per "
+                     "step of a challenger's rollout (started, promoted, rolled_back) with each watched rate's "
+                     "sequential-test evidence. The x-loopline-type header says which message a record is, and "
+                     "consumers skip kinds they do not handle."),
         Channel(namer.alerts(), proto_model(DriftAlertRaised.DESCRIPTOR), "model name",
                 ("monitor", "inference, monitor, trainer (artifact refusals)"), ("retrainer", "alerting"),
                 note="Also carries loopline.monitor.v1.ArtifactRefused (a service refused to load a tampered, "
@@ -161,7 +167,7 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
                      "do not handle."),
     ]
     out += [Channel(namer.predictions(m), proto_model(PredictionLogged.DESCRIPTOR), "request or entity id",
-                    ("inference",), ("monitor",)) for m in models]
+                    ("inference",), ("monitor", "retrainer (rollouts)")) for m in models]
     return out
 
 
@@ -191,7 +197,7 @@ def document(namer: TopicNamer | None = None, version: str = "0.1.0") -> dict[st
     return doc
 
 
-def _handler(payload: type[BaseModel]) -> Any:
+def _handler(payload: Any) -> Any:
     async def handle(body: Any) -> None:
         """Declared for the document only."""
 
