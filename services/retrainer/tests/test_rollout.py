@@ -16,7 +16,7 @@ from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.kafka.records import MESSAGE_TYPE
 from loopline_core.registry import RegistryClient
 from loopline_stack.services import ServiceSet
-from loopline_testing.builders import read_topic, register_signed_model, set_alias
+from loopline_testing.builders import quiet, register_signed_model, set_alias
 
 ROLLOUT_TYPE = RolloutDecided.DESCRIPTOR.full_name
 POLICY = pb.RolloutPolicy(mode="canary", canary_share=0.3, sticky_by="entity", alpha=0.05, min_samples=150,
@@ -27,7 +27,7 @@ async def rollout_events(bootstrap: str, namer: TopicNamer, count: int, timeout:
     """The first ``count`` RolloutDecided on the model events topic (other kinds skipped by their type header)."""
     async with asyncio.timeout(timeout):
         while True:
-            records = await read_topic(bootstrap, namer.model_events(), 1)
+            records = await quiet(bootstrap, namer.model_events(), 0, wait_s=0)
             found = [RolloutDecided.FromString(r.value) for r in records if r.header(MESSAGE_TYPE) == ROLLOUT_TYPE]
             if len(found) >= count:
                 return found
