@@ -196,3 +196,42 @@ def retire(model: str, version: int, reason: Reason, registry: Registry = "", ac
     """Retire a version for good: never served again, cannot get an alias."""
     v = _run(registry, lambda c: c.set_stage(model, version, "retired", actor=_actor(actor), reason=reason))
     console.print(f"{model} v{v.version}: {stage_name(v.stage)}")
+
+
+# The retrainer's actor name on the alias moves its rollouts make (kept in the registry's audit).
+ROLLOUT_ACTOR = "retrainer-rollout"
+
+
+@model_app.command("rollout")
+def rollout(model: str, registry: Registry = "", as_json: AsJson = False) -> None:
+    """The rollout and variant policies, the arms (champion, challenger) and the last rollout step, as the
+    registry's audit has it (the retrainer's alias moves, each with its reason and evidence)."""
+
+    async def read(c: RegistryClient) -> tuple[pb.Model, list[pb.AliasChange]]:
+        return await c.model(model), await c.history(model)
+
+    m, changes = _run(registry, read)
+    last = next((c for c in changes if c.alias == "challenger" or c.actor == ROLLOUT_ACTOR), None)
+    arms = {alias: m.aliases[alias] for alias in ("champion", "challenger") if alias in m.aliases}
+    if as_json:
+        typer.echo(json.dumps({"rollout": json.loads(_json(m.rollout)), "variants": json.loads(_json(m.variants)),
+                               "arms": arms, "last": json.loads(_json(last)) if last is not None else None}))
+        return
+    r = m.rollout
+    console.print(f"[bold]{model}[/] rollout: {r.mode or 'direct'}"
+                  + (f", {r.canary_share:.0%} of traffic sticky by {r.sticky_by or 'entity'}" if r.mode == "canary"
+                     else "")
+                  + f"; alpha {r.alpha or 0.05:g}, min {r.min_samples} rows per arm, latency budget "
+                    f"{r.latency_budget_ms:g} ms, {r.min_duration_s:g}s..{r.max_duration_s or float('inf'):g}s")
+    v = m.variants
+    console.print(f"variants: {v.default_variant or 'torch'}"
+                  + (f", {v.fast_variant} under {v.fast_budget_ms:g} ms" if v.fast_variant else ""))
+    console.print("arms: " + (", ".join(f"{a} v{n}" for a, n in arms.items()) or "none"))
+    if last is None:
+        console.print("no rollout yet")
+        return
+    step = ("started" if last.alias == "challenger" and last.action == "set" else
+            "promoted" if last.alias == "champion" or last.reason.startswith("promoted") else
+            "rolled back" if last.reason.startswith("rolled back") else "ended")
+    console.print(f"last: {step} at {last.at.ToJsonString()} (v{last.from_version or '-'} -> "
+                  f"v{last.to_version or '-'} {last.alias}, {last.action} by {last.actor}): {last.reason}")

@@ -5,7 +5,10 @@ test_rollout.py drives the same through inference's real routing.)"""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.registry.v1 import registry_pb2 as pb
@@ -19,6 +22,7 @@ from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet, register_signed_model, set_alias
 
 ROLLOUT_TYPE = RolloutDecided.DESCRIPTOR.full_name
+LOOPLINE = str(Path(sys.executable).parent / "loopline")
 POLICY = pb.RolloutPolicy(mode="canary", canary_share=0.3, sticky_by="entity", alpha=0.05, min_samples=150,
                           latency_budget_ms=50, min_duration_s=1, max_duration_s=0)
 
@@ -127,5 +131,12 @@ async def test_bad_canary_rolled_back_good_one_promoted(isolated: dict[str, str]
         assert (history[0].from_version, history[0].to_version, history[0].actor) == \
             (v1.version, v3.version, "retrainer-rollout")
         assert "not worse" in history[0].reason
+
+        # the command line shows the policy, the arms and the last step
+        proc = await asyncio.create_subprocess_exec(
+            LOOPLINE, "model", "rollout", "fraud", "--registry", addr, "--json", stdout=asyncio.subprocess.PIPE)
+        shown = json.loads((await proc.communicate())[0])
+        assert shown["rollout"]["mode"] == "canary" and shown["arms"] == {"champion": v3.version}
+        assert shown["last"]["reason"].startswith("promoted to champion: not worse")
     finally:
         await rc.close()

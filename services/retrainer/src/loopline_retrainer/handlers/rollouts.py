@@ -182,7 +182,7 @@ class RolloutController:
                 log.info("champion moved meanwhile; deciding again", extra={"model": r.model_name})
         else:
             raise LooplineError(ErrorKind.UNAVAILABLE, f"{r.model_name}: the champion keeps moving")
-        await self._drop_challenger(r, "promoted to champion")
+        await self._drop_challenger(r, f"promoted to champion: {outcome.reason}")
         await self._close(r, Step.PROMOTE, outcome.reason, outcome)
 
     async def _rollback(self, r: Rollout, reason: str, outcome: Outcome) -> None:
