@@ -140,3 +140,38 @@ async def test_bad_canary_rolled_back_good_one_promoted(isolated: dict[str, str]
         assert shown["last"]["reason"].startswith("promoted to champion: not worse")
     finally:
         await rc.close()
+
+
+async def test_undecided_rollout_times_out_and_a_moved_champion_is_not_overwritten(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher) -> None:
+    svc = services("registry", "retrainer", env={"retrainer": {"LOOPLINE_RETRAINER_ROLLOUT_CHECK_S": "1"}})
+    addr, bootstrap = svc.addr("registry"), isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
+    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
+    rc = RegistryClient(addr)
+    try:
+        v1 = await register_signed_model(isolated, addr, "fraud", seed=1)
+        await set_alias(addr, "fraud", "champion", v1.version)
+        brief = pb.RolloutPolicy(mode="shadow", min_samples=50, min_duration_s=1, max_duration_s=3)
+        await rc.apply_model(pb.Model(name="fraud", rollout=brief), actor="test")
+
+        # no traffic at all: undecided after max_duration_s, so rolled back (by the periodic check)
+        v2 = await register_signed_model(isolated, addr, "fraud", seed=2, gate_champion=v1.version)
+        await result(publisher, namer, "result-2", v2.version)
+        events = await rollout_events(bootstrap, namer, 2)
+        assert [(e.decision, e.mode) for e in events] == [("started", "shadow"), ("rolled_back", "shadow")]
+        assert "no decision within 3s" in events[1].reason and events[1].elapsed_s >= 3
+        assert (await rc.model("fraud")).aliases == {"champion": v1.version}
+
+        # an SRE moves the champion during a rollout: the evidence compared against v1 promotes nothing
+        await rc.apply_model(pb.Model(name="fraud", rollout=POLICY), actor="test")
+        v3 = await register_signed_model(isolated, addr, "fraud", seed=3, gate_champion=v1.version)
+        await result(publisher, namer, "result-3", v3.version)
+        await rollout_events(bootstrap, namer, 3)
+        v4 = await register_signed_model(isolated, addr, "fraud", seed=4, gate_champion=v1.version)
+        await rc.set_alias("fraud", "champion", v4.version, actor="sre", reason="hotfix", expected=v1.version)
+        await serve(publisher, namer, "good", 600, v1.version, v3.version, challenger_inverted=False)
+        last = (await rollout_events(bootstrap, namer, 4))[3]
+        assert last.decision == "rolled_back" and f"champion moved from v{v1.version} to v{v4.version}" in last.reason
+        assert (await rc.model("fraud")).aliases == {"champion": v4.version}, "the SRE's move stands"
+    finally:
+        await rc.close()
