@@ -14,6 +14,10 @@ class ErrorKind(enum.StrEnum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     # A compare-and-set lost: someone else changed the thing first. Re-read and decide again.
     ABORTED = "ABORTED"
+    # A bounded queue is full: back off and retry (not the input's fault).
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    # The caller's deadline passed before the work ran; it was dropped, not done.
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 

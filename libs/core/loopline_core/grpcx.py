@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from opentelemetry import context, trace
 
 from loopline_core.errors import ErrorKind, LooplineError
@@ -22,6 +23,8 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
@@ -63,19 +66,28 @@ def _header_value(value: object) -> str:
 
 
 async def start_server(adders: Iterable[Callable[[grpc.aio.Server], None]], port: int,
-                       health_services: Iterable[str] = (), host: str = "127.0.0.1") -> tuple[grpc.aio.Server, int]:
-    """Start an aio gRPC server with the standard health service; return it and its bound port."""
+                       health_services: Iterable[str] = (), host: str = "127.0.0.1", *,
+                       health_servicer: health.aio.HealthServicer | None = None,
+                       serving: bool = True, reflect: Iterable[str] = ()) -> tuple[grpc.aio.Server, int]:
+    """Start an aio gRPC server with the standard health service; return it and its bound port.
+
+    A service that is not ready at start (inference before its models load) passes its own
+    ``health_servicer`` and ``serving=False``, and sets SERVING itself once it is."""
     server = grpc.aio.server(interceptors=[ServerInterceptor()],
                              options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                      ("grpc.max_send_message_length", 64 * 1024 * 1024),
                                       ("grpc.so_reuseport", 0)])
     for add in adders:
         add(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if reflect:  # full service names, so grpcurl and Postman can list and call them
+        reflection.enable_server_reflection([*reflect, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise LooplineError(ErrorKind.UNAVAILABLE, f"cannot bind gRPC port {host}:{port}")
     await server.start()
     for name in ["", *health_services]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING if serving
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
     return server, bound
