@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,9 +30,10 @@ async def upload_signed(objects: ObjectStore, key: SigningKey, model_dir: Path, 
     return f"s3://{MODELS}/{prefix}/model", f"s3://{MODELS}/{prefix}/model.sig", key_id
 
 
-async def fetch_verified(objects: ObjectStore, trust: TrustStore, artifact_uri: str, signature_uri: str,
-                         key_id: str, into: Path | None = None) -> ScoringModel:
-    """Download an artifact and its signature, verify against ``trust``, then load it.
+async def fetch_verified_dir(objects: ObjectStore, trust: TrustStore, artifact_uri: str, signature_uri: str,
+                             key_id: str, into: Path | None = None) -> Path:
+    """Download a signed directory and its signature and verify it (hashing runs in a thread, off the
+    event loop); return the verified directory.
 
     A refusal is a ``FAILED_PRECONDITION`` whose ``details["refusal"]`` says why (unsigned,
     unknown_key, revoked_key, tampered) and ``details["signer_key_id"]`` which key; a version with no
@@ -49,5 +51,13 @@ async def fetch_verified(objects: ObjectStore, trust: TrustStore, artifact_uri: 
         except LooplineError as exc:
             if exc.kind is not ErrorKind.NOT_FOUND:
                 raise
-    trust.verify(work / "model", sig, key_id)
-    return load(work / "model")
+    await asyncio.to_thread(trust.verify, work / "model", sig, key_id)
+    return work / "model"
+
+
+async def fetch_verified(objects: ObjectStore, trust: TrustStore, artifact_uri: str, signature_uri: str,
+                         key_id: str, into: Path | None = None) -> ScoringModel:
+    """Download an artifact and its signature, verify against ``trust``, then load it (in a thread:
+    a reload never stalls the event loop that serves requests). Refusals as :func:`fetch_verified_dir`."""
+    directory = await fetch_verified_dir(objects, trust, artifact_uri, signature_uri, key_id, into)
+    return await asyncio.to_thread(load, directory)

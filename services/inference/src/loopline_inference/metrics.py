@@ -11,3 +11,16 @@ LOG_DROPPED = Counter("loopline_inference_prediction_log_dropped_total",
 LOG_FAILED = Counter("loopline_inference_prediction_log_failed_total",
                      "Prediction rows whose publish still failed after the retries", ["model"])
 LOG_QUEUED = Gauge("loopline_inference_prediction_log_queued", "Prediction rows waiting in the log's queue")
+VARIANT_LOADS = Counter("loopline_inference_variant_loads_total", "Export variant loads",
+                        ["model", "variant", "outcome"])
+VARIANT_REQUESTS = Counter("loopline_inference_variant_requests_total", "Rows answered per role and variant",
+                           ["model", "role", "variant"])
+VARIANT_LATENCY = Histogram("loopline_inference_variant_latency_seconds",
+                            "Queue plus compute time per role and variant",
+                            ["model", "role", "variant"],
+                            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+FALLBACKS = Counter("loopline_inference_fallbacks_total",
+                    "Requests answered by the champion's torch variant because the routed arm or variant failed",
+                    ["model", "variant", "reason"])
+SHADOW = Counter("loopline_inference_shadow_total", "Shadow copies scored by the challenger", ["model", "outcome"])
+QUEUED = Gauge("loopline_inference_queued_rows", "Rows waiting in a batcher's queue", ["model", "role", "variant"])

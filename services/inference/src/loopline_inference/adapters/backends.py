@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
+from loopline.registry.v1 import registry_pb2
+from loopline_core.objstore import ObjectStore
+from loopline_core.signing import TrustStore
 from loopline_ml.artifact import ScoringModel
+from loopline_ml.exports import INPUT, OUTPUT
+from loopline_ml.store import fetch_verified_dir
+
+from loopline_inference.metrics import VARIANT_LOADS
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -38,3 +50,47 @@ class TorchBackend:
 
     async def close(self) -> None:
         return None
+
+
+class OnnxBackend:
+    """An exported ONNX model (fp32 or INT8) under onnxruntime, in process; runs on ``executor``."""
+
+    def __init__(self, variant: str, path: Path, n_features: int, executor: Executor, threads: int = 1) -> None:
+        self.variant = variant
+        self.n_features = n_features
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._executor = executor
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = self._session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return np.asarray(out, dtype="<f4").reshape(-1)
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, x)
+
+    async def close(self) -> None:
+        return None
+
+
+async def load_variants(v: registry_pb2.ModelVersion, model: ScoringModel, objects: ObjectStore, trust: TrustStore,
+                        executor: Executor, *, onnx_threads: int = 1) -> dict[str, Backend]:
+    """The torch variant, and every signed ONNX export of ``v`` that verifies. An export that is refused
+    or fails to load is skipped (logged and counted): the torch variant still serves the version."""
+    out: dict[str, Backend] = {"torch": TorchBackend(model, executor)}
+    for e in v.exports:
+        if e.format not in ("onnx", "onnx-int8"):
+            continue
+        try:
+            directory = await fetch_verified_dir(objects, trust, e.uri, e.signature_uri, e.signer_key_id)
+            path = directory / e.triton_model_name / "1" / "model.onnx"
+            out[e.format] = await asyncio.to_thread(OnnxBackend, e.format, path, model.n_features, executor,
+                                                    onnx_threads)
+        except Exception as exc:  # a bad export must never stop its version from serving
+            VARIANT_LOADS.labels(v.model_name, e.format, "refused").inc()
+            log.exception("export not loaded: the torch variant serves this version",
+                      extra={"model": v.model_name, "version": v.version, "variant": e.format, "error": str(exc)})
+            continue
+        VARIANT_LOADS.labels(v.model_name, e.format, "loaded").inc()
+    return out
