@@ -66,8 +66,8 @@ class ServiceSet:
                 if name in ("registry", "feature"):  # the others call these at start
                     self._wait_grpc(name, timeout_s)
                 progress(f"started {name} (pid {pid})")
-            if "inference" in names:
-                self._wait_grpc("inference", timeout_s)
+            if "inference" in names:  # up, not ready: it says SERVING only once a champion is loaded
+                self._wait_grpc("inference", timeout_s, serving=False)
             self.wait_consumers(timeout_s)
         except BaseException:
             self.stop()
@@ -76,7 +76,7 @@ class ServiceSet:
     def addr(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
 
-    def _wait_grpc(self, name: str, timeout_s: float) -> None:
+    def _wait_grpc(self, name: str, timeout_s: float, *, serving: bool = True) -> None:
         r = self.running[name]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -85,7 +85,7 @@ class ServiceSet:
                 with grpc.insecure_channel(f"127.0.0.1:{r.port}") as ch:
                     resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=GRPC[name]),
                                                                 timeout=1)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING or not serving:
                         return
             except grpc.RpcError:
                 pass

@@ -11,6 +11,18 @@ class Settings(CoreSettings):
     """Model names served; each serves its ``champion`` alias."""
     trusted_keys_dir: str
     registry_addr: str
+    feature_addr: str = ""
+    """The feature service, for requests that name entities instead of carrying a vector (unset: refused)."""
+    inference_max_batch: int = 64
+    """Most rows one batch holds (requests queue and are scored together up to this)."""
+    inference_max_queue_delay_ms: float = 2.0
+    """Longest a request waits for others to share its batch."""
+    inference_max_queue: int = 4096
+    """Rows that may wait per model variant; a request that does not fit gets RESOURCE_EXHAUSTED."""
+    inference_workers: int = 2
+    """Threads that run batches (per process; torch and onnxruntime release the GIL while they compute)."""
+    inference_torch_threads: int = 1
+    """Intra-op threads of one torch or onnxruntime batch (workers x threads should not exceed the cores)."""
     inference_reconcile_s: float = 15.0
     """How often to re-resolve aliases, in case a model event was missed."""
     prediction_log_capacity: int = 10_000

@@ -56,13 +56,18 @@ class Row:
     entity_id: str
     served_at: float
     """Epoch seconds when it was served (the event's time, not the time it was published)."""
+    role: str = "champion"
+    variant: str = "torch"
+    shadow: bool = False
+    error: str = ""
 
     def message(self) -> PredictionLogged:
         return PredictionLogged(metadata=metadata("inference", self.event_id, occurred_at=self.served_at),
                                 model_name=self.model,
                                 model_version=self.version, request_id=self.request_id,
                                 feature_names=self.feature_names, inputs=self.inputs.tolist(),
-                                outputs=self.outputs.tolist(), latency_ms=self.latency_ms, entity_id=self.entity_id)
+                                outputs=self.outputs.tolist(), latency_ms=self.latency_ms, entity_id=self.entity_id,
+                                role=self.role, variant=self.variant, shadow=self.shadow, error=self.error)
 
     @property
     def key(self) -> str:

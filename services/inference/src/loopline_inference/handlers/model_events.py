@@ -28,6 +28,7 @@ class ModelEventsHandler:
 
     async def on_model_changed(self, event: pb.ModelChanged | None, _record: Record) -> None:
         """Consumes ``loopline.models.events`` (every replica sees every event); emits nothing."""
-        if event is not None and event.model_name in self.repo.names and event.kind == pb.MODEL_EVENT_KIND_ALIAS_SET \
-                and event.alias == "champion":
+        # any change to a served model: an alias moved or was removed (champion, challenger), its
+        # rollout or variant policy changed, a version was retired
+        if event is not None and event.model_name in self.repo.names:
             await self.repo.reconcile(event.model_name)

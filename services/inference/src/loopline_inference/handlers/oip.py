@@ -1,62 +1,94 @@
-"""GRPCInferenceService (Open Inference Protocol v2, Triton's own generated code)."""
+"""GRPCInferenceService (Open Inference Protocol v2 as Triton speaks it, on Triton's own generated code).
+
+Thin: each RPC reads the request, asks the scorer or the repository, and writes Triton's messages.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-import uuid
+from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 from loopline_core.errors import ErrorKind, LooplineError, not_found
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from loopline_inference.adapters.prediction_log import PredictionLog, Row
-from loopline_inference.adapters.repository import Repository, Served
-from loopline_inference.domain.tensors import INPUT_NAME, OUTPUT_NAME, TensorIn, to_batch
-from loopline_inference.metrics import LATENCY, REQUESTS
+from loopline_inference.adapters.repository import Arm, Repository, Serving
+from loopline_inference.domain.batching import Duration
+from loopline_inference.domain.tensors import INPUT_NAME, OUTPUT_NAME
+from loopline_inference.handlers.scoring import Scored, Scorer
 
 SERVER_NAME = "loopline"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = "0.2.0"
 PLATFORM = "pytorch_libtorch"
+EXTENSIONS = ["classification", "model_repository", "model_repository(unload_dependents)", "statistics",
+              "parameters"]
 
 
-def _inputs(request: pb.ModelInferRequest, n_features: int) -> np.ndarray:
-    """The request's input batch, or INVALID_ARGUMENT."""
-    raws = list(request.raw_input_contents)
-    if raws and len(raws) != len(request.inputs):
-        raise LooplineError(ErrorKind.INVALID_ARGUMENT, "raw_input_contents must match inputs one to one")
-    for out in request.outputs:
-        if out.name != OUTPUT_NAME:
-            raise LooplineError(ErrorKind.INVALID_ARGUMENT, f"unknown output {out.name!r}")
-    tensors = [TensorIn(t.name, t.datatype, tuple(t.shape), raws[i] if raws else None,
-                        list(t.contents.fp32_contents)) for i, t in enumerate(request.inputs)]
-    return to_batch(tensors, n_features)
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
-def _rows(served: Served, request_id: str, x: np.ndarray, scores: np.ndarray, latency_ms: float,
-          entities: list[str]) -> list[Row]:
-    names = served.model.config.feature_names
-    now = time.time()
-    return [Row(served.name, served.version, request_id, f"{request_id}/{i}" if len(x) > 1 else request_id, names,
-                x[i], scores[i], latency_ms, entities[i] if i < len(entities) else "", now) for i in range(len(x))]
+def _response(s: Scored, request_id: str) -> pb.ModelInferResponse:
+    scores = s.scores.reshape(-1, 1).astype("<f4")
+    return pb.ModelInferResponse(
+        model_name=s.model, model_version=str(s.version), id=request_id,
+        parameters={"variant": pb.InferParameter(string_param=s.variant),
+                    "role": pb.InferParameter(string_param=s.role)},
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP32",
+                                                         shape=list(scores.shape))],
+        raw_output_contents=[scores.tobytes()])
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(arm: Arm) -> pb.ModelStatistics:
+    st = arm.stats
+    return pb.ModelStatistics(
+        name=arm.name, version=str(arm.version), last_inference=st.last_inference_ms,
+        inference_count=st.inference_count, execution_count=st.execution_count,
+        inference_stats=pb.InferStatistics(success=_duration(st.success), fail=_duration(st.fail),
+                                           queue=_duration(st.queue), compute_input=pb.StatisticDuration(),
+                                           compute_infer=_duration(st.compute_infer),
+                                           compute_output=pb.StatisticDuration()),
+        batch_stats=[pb.InferBatchStatistics(batch_size=size, compute_infer=_duration(d),
+                                             compute_input=pb.StatisticDuration(count=d.count),
+                                             compute_output=pb.StatisticDuration(count=d.count))
+                     for size, d in sorted(st.batches.items())])
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: Repository, prediction_log: PredictionLog) -> None:
+    def __init__(self, repo: Repository, scorer: Scorer, *, max_batch: int, max_delay_ms: float) -> None:
         self.repo = repo
-        self.prediction_log = prediction_log
+        self.scorer = scorer
+        self.max_batch = max_batch
+        self.max_delay_ms = max_delay_ms
 
-    def _served(self, name: str, version: str = "") -> Served:
+    def _serving(self, name: str) -> Serving:
         if name not in self.repo.names:
             raise not_found(f"unknown model {name!r}")
-        served = self.repo.get(name)
-        if served is None:
+        if self.repo.unloaded(name):
+            raise LooplineError(ErrorKind.UNAVAILABLE, f"model {name!r} is unloaded (RepositoryModelLoad serves it)")
+        s = self.repo.get(name)
+        if s is None:
             raise LooplineError(ErrorKind.UNAVAILABLE, f"model {name!r} has no champion loaded yet")
-        if version and version != str(served.version):
-            raise not_found(f"model {name!r} version {version} is not loaded (serving {served.version})")
-        return served
+        return s
+
+    def _arm(self, name: str, version: str) -> Arm:
+        s = self._serving(name)
+        for arm in s.arms():
+            if not version or version == str(arm.version):
+                return arm
+        raise not_found(f"model {name!r} version {version} is not loaded (serving "
+                        f"{', '.join(str(a.version) for a in s.arms())})")
+
+    # ---- health and metadata ---------------------------------------------------------------------
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> pb.ServerLiveResponse:
@@ -68,51 +100,133 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,  # noqa: N802
                              context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> pb.ModelReadyResponse:
-        served = self.repo.get(request.name)
-        ok = served is not None and (not request.version or request.version == str(served.version))
+        s = None if self.repo.unloaded(request.name) else self.repo.get(request.name)
+        ok = s is not None and (not request.version or any(request.version == str(a.version) for a in s.arms()))
         return pb.ModelReadyResponse(ready=ok)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,  # noqa: N802
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
-        s = self._served(request.name, request.version)
-        n = s.model.n_features
+        s = self._serving(request.name)
+        arm = self._arm(request.name, request.version)
+        n = arm.model.n_features
         return pb.ModelMetadataResponse(
-            name=s.name, versions=[str(s.version)], platform=PLATFORM,
+            name=arm.name, versions=[str(a.version) for a in s.arms()] if not request.version else [str(arm.version)],
+            platform=PLATFORM,
             inputs=[pb.ModelMetadataResponse.TensorMetadata(name=INPUT_NAME, datatype="FP32", shape=[-1, n])],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1, 1])])
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext  # noqa: N802
                           ) -> pb.ModelConfigResponse:
-        s = self._served(request.name, request.version)
+        arm = self._arm(request.name, request.version)
+        # The batch is the tensors' own first dimension (max_batch_size 0, dims [-1, n]); requests are
+        # still batched together by the server, as dynamic_batching says.
         return pb.ModelConfigResponse(config=mc.ModelConfig(
-            name=s.name, platform=PLATFORM, max_batch_size=0,
-            input=[mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=[-1, s.model.n_features])],
-            output=[mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[-1, 1])]))
+            name=arm.name, platform=PLATFORM, max_batch_size=0,
+            input=[mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=[-1, arm.model.n_features])],
+            output=[mc.ModelOutput(name=OUTPUT_NAME, data_type=mc.TYPE_FP32, dims=[-1, 1])],
+            dynamic_batching=mc.ModelDynamicBatching(
+                preferred_batch_size=[self.max_batch],
+                max_queue_delay_microseconds=int(self.max_delay_ms * 1000)),
+            version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1))))
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,  # noqa: N802
+                              context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        if request.name:
+            arms = [self._arm(request.name, request.version)]
+        else:
+            arms = [a for n in self.repo.names if (s := self.repo.get(n)) is not None for a in s.arms()]
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(a) for a in arms])
+
+    # ---- the repository --------------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,  # noqa: N802
+                              context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+        out = []
+        for name in self.repo.names:
+            s = self.repo.get(name)
+            if self.repo.unloaded(name) or s is None:
+                if not request.ready:
+                    out.append(pb.RepositoryIndexResponse.ModelIndex(
+                        name=name, state="UNAVAILABLE",
+                        reason="unloaded" if self.repo.unloaded(name) else "no champion loaded yet"))
+                continue
+            out += [pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(a.version), state="READY",
+                                                          reason=a.role) for a in s.arms()]
+        return pb.RepositoryIndexResponse(models=out)
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,  # noqa: N802
+                                  context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        if request.model_name not in self.repo.names:
+            raise not_found(f"unknown model {request.model_name!r} (this server serves {self.repo.names})")
+        await self.repo.load(request.model_name)
+        if self.repo.get(request.model_name) is None:
+            raise LooplineError(ErrorKind.UNAVAILABLE, f"model {request.model_name!r} has no loadable champion")
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,  # noqa: N802
+                                    context: grpc.aio.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        if request.model_name not in self.repo.names:
+            raise not_found(f"unknown model {request.model_name!r}")
+        await self.repo.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- inference -------------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> pb.ModelInferResponse:
         """Score a batch; each row is queued for ``loopline.predictions.<model>`` (published off the response path)."""
-        started = time.perf_counter()
+        serving = self._serving(request.model_name)
+        if request.model_version:
+            self._arm(request.model_name, request.model_version)
+        scored = await self.scorer.score(serving, request, _deadline(context))
+        return _response(scored, request.id)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],  # noqa: N802
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request is answered on the stream as soon as it is scored (not necessarily in order: a
+        response carries its request's id); a failed request is an ``error_message``, never the
+        stream's end."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(req: pb.ModelInferRequest) -> None:
+            try:
+                serving = self._serving(req.model_name)
+                if req.model_version:
+                    self._arm(req.model_name, req.model_version)
+                scored = await self.scorer.score(serving, req, _deadline(context))
+                await answers.put(pb.ModelStreamInferResponse(infer_response=_response(scored, req.id)))
+            except LooplineError as exc:
+                await answers.put(pb.ModelStreamInferResponse(
+                    error_message=f"{exc.kind.value}: {exc.message}",
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not end the stream
+                await answers.put(pb.ModelStreamInferResponse(
+                    error_message=f"INTERNAL: {type(exc).__name__}: {exc}",
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    task = asyncio.create_task(one(req))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.gather(*list(pending))
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
         try:
-            served = self._served(request.model_name, request.model_version)
-            x = _inputs(request, served.model.n_features)
-            scores = served.model.predict(x).astype("<f4")
-        except LooplineError as exc:
-            REQUESTS.labels(request.model_name or "?", exc.kind.value).inc()
-            raise
-        latency_ms = (time.perf_counter() - started) * 1000
-        LATENCY.labels(served.name).observe(latency_ms / 1000)
-        REQUESTS.labels(served.name, "OK").inc()
-        entity_param = request.parameters.get("entity_ids")
-        entities = entity_param.string_param.split(",") if entity_param is not None else []
-        await self.prediction_log.record(_rows(served, request.id or str(uuid.uuid4()), x, scores, latency_ms,
-                                               entities))
-        return pb.ModelInferResponse(
-            model_name=served.name, model_version=str(served.version), id=request.id,
-            outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype="FP32",
-                                                             shape=list(scores.shape))],
-            raw_output_contents=[scores.tobytes()])
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            for task in list(pending):
+                task.cancel()
