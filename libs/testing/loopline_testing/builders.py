@@ -153,13 +153,14 @@ def make_model(seed: int = 0, features: list[str] | None = None) -> artifact.Sco
 async def register_signed_model(env: dict[str, str], registry_addr: str, model_name: str, *, seed: int = 0,
                                 reference_x: np.ndarray | None = None, key: SigningKey | None = None,
                                 tamper: bool = False, metrics: dict[str, float] | None = None,
-                                gate_passed: bool = True, gate_champion: int = 0,
-                                ) -> registry_pb2.ModelVersion:
+                                gate_passed: bool = True, gate_champion: int = 0, exports: bool = False,
+                                tamper_export: str = "") -> registry_pb2.ModelVersion:
     """Save, sign (with the stack's key unless ``key``), upload and register a small model.
 
     ``tamper`` flips a byte of the weights after signing, as an attacker or a bad disk would. The
     version carries a gate with one check that passed (or not, per ``gate_passed``), compared against
-    champion ``gate_champion`` (0: none), as a trainer would have stored it.
+    champion ``gate_champion`` (0: none), as a trainer would have stored it. ``exports`` adds the
+    trainer's signed ONNX and INT8 exports (Triton layout); ``tamper_export`` names one to corrupt.
     """
     private = Path(env["LOOPLINE_SIGNING_KEY"])
     key = key or SigningKey(private, private.with_suffix(".pub"))
@@ -181,6 +182,7 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
         prefix = f"{model_name}/{run_id}"
         await store.put_dir("loopline-models", f"{prefix}/model", d)
         await store.put_bytes("loopline-models", f"{prefix}/model.sig", sig.read_bytes())
+        built = await _exports(store, key, model, Path(tmp), prefix, model_name, tamper_export) if exports else []
     async with grpc.aio.insecure_channel(registry_addr) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         version = registry_pb2.ModelVersion(
@@ -191,10 +193,36 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
                                    summary="fixture gate " + ("passed" if gate_passed else "failed"),
                                    checks=[registry_pb2.GateCheck(metric="auc_roc", kind="absolute", threshold=0.5,
                                                                   value=0.9 if gate_passed else 0.1,
-                                                                  passed=gate_passed)]))
+                                                                  passed=gate_passed)]),
+            exports=built)
         resp = await stub.RegisterModelVersion(registry_pb2.RegisterModelVersionRequest(version=version))
     stored: registry_pb2.ModelVersion = resp.version
     return stored
+
+
+async def _exports(store: ObjectStore, key: SigningKey, model: artifact.ScoringModel, tmp: Path, prefix: str,
+                   model_name: str, tamper: str) -> list[registry_pb2.Export]:
+    from loopline_core.signing import sign_dir  # noqa: PLC0415
+    from loopline_ml.exports import export_onnx, quantize_int8  # noqa: PLC0415
+
+    out = []
+    fp32 = export_onnx(model, tmp / "onnx", model_name)
+    quantize_int8(fp32, tmp / "onnx-int8", f"{model_name}_int8", model.n_features)
+    for fmt, triton_name in (("onnx", model_name), ("onnx-int8", f"{model_name}_int8")):
+        d = tmp / fmt
+        sig = tmp / f"{fmt}.sig"
+        key_id = sign_dir(d, key, sig)
+        if tamper == fmt:
+            onnx_file = d / triton_name / "1" / "model.onnx"
+            raw = bytearray(onnx_file.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            onnx_file.write_bytes(bytes(raw))
+        await store.put_dir("loopline-models", f"{prefix}/{fmt}/model", d)
+        await store.put_bytes("loopline-models", f"{prefix}/{fmt}/model.sig", sig.read_bytes())
+        out.append(registry_pb2.Export(format=fmt, uri=f"s3://loopline-models/{prefix}/{fmt}/model",
+                                       signature_uri=f"s3://loopline-models/{prefix}/{fmt}/model.sig",
+                                       signer_key_id=key_id, opset=17, triton_model_name=triton_name))
+    return out
 
 
 async def set_alias(registry_addr: str, model_name: str, alias: str, version: int) -> None:
