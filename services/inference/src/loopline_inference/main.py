@@ -53,7 +53,8 @@ async def main(stop: asyncio.Event) -> None:
                        max_queue=settings.inference_max_queue, concurrency=settings.inference_workers, stats=stats)
 
     async def variants(v: registry_pb2.ModelVersion, model: ScoringModel) -> dict[str, Backend]:
-        return await load_variants(v, model, objects, trust, executor, onnx_threads=settings.inference_torch_threads)
+        return await load_variants(v, model, objects, trust, executor, onnx_threads=settings.inference_torch_threads,
+                                   triton_url=settings.inference_triton_url)
 
     repo = Repository(settings.inference_models, RegistryClient(settings.registry_addr), objects, trust,
                       rt.publisher, rt.namer, load_variants=variants, batcher=batcher, on_ready=on_ready)

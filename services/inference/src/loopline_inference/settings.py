@@ -23,6 +23,8 @@ class Settings(CoreSettings):
     """Threads that run batches (per process; torch and onnxruntime release the GIL while they compute)."""
     inference_torch_threads: int = 1
     """Intra-op threads of one torch or onnxruntime batch (workers x threads should not exceed the cores)."""
+    inference_triton_url: str = ""
+    """A Triton serving the exported model repository (host:port of its gRPC); set: the ``triton`` variant."""
     inference_reconcile_s: float = 15.0
     """How often to re-resolve aliases, in case a model event was missed."""
     prediction_log_capacity: int = 10_000

@@ -10,12 +10,15 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
+import tritonclient.grpc.aio as tga
 from loopline.registry.v1 import registry_pb2
+from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.objstore import ObjectStore
 from loopline_core.signing import TrustStore
 from loopline_ml.artifact import ScoringModel
 from loopline_ml.exports import INPUT, OUTPUT
 from loopline_ml.store import fetch_verified_dir
+from tritonclient.utils import InferenceServerException
 
 from loopline_inference.metrics import VARIANT_LOADS
 
@@ -74,11 +77,57 @@ class OnnxBackend:
         return None
 
 
+class TritonBackend:
+    """The version's exported model as a real Triton serves it (from the exported model repository),
+    called over ``tritonclient.grpc.aio``; a failure is UNAVAILABLE, and the caller falls back to torch."""
+
+    variant = "triton"
+
+    def __init__(self, url: str, model_name: str, n_features: int, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.n_features = n_features
+        self._timeout_s = timeout_s
+        self._client = tga.InferenceServerClient(url)
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model_name))
+        except InferenceServerException:
+            return False
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        inp = tga.InferInput(INPUT, list(x.shape), "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        try:
+            result = await self._client.infer(self.model_name, [inp], outputs=[tga.InferRequestedOutput(OUTPUT)],
+                                              client_timeout=self._timeout_s)
+        except InferenceServerException as exc:
+            raise LooplineError(ErrorKind.UNAVAILABLE, f"triton at {self.url}: {exc.message()}") from exc
+        return np.asarray(result.as_numpy(OUTPUT), dtype="<f4").reshape(-1)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
 async def load_variants(v: registry_pb2.ModelVersion, model: ScoringModel, objects: ObjectStore, trust: TrustStore,
-                        executor: Executor, *, onnx_threads: int = 1) -> dict[str, Backend]:
-    """The torch variant, and every signed ONNX export of ``v`` that verifies. An export that is refused
-    or fails to load is skipped (logged and counted): the torch variant still serves the version."""
+                        executor: Executor, *, onnx_threads: int = 1, triton_url: str = "") -> dict[str, Backend]:
+    """The torch variant, every signed ONNX export of ``v`` that verifies, and, when a Triton serves the
+    exported repository (``triton_url``), the ``triton`` variant. An export that is refused or fails to
+    load is skipped (logged and counted): the torch variant still serves the version."""
     out: dict[str, Backend] = {"torch": TorchBackend(model, executor)}
+    fp32 = next((e for e in v.exports if e.format == "onnx"), None)
+    if triton_url and fp32 is not None:
+        triton = TritonBackend(triton_url, fp32.triton_model_name, model.n_features)
+        if await triton.ready():
+            out["triton"] = triton
+            VARIANT_LOADS.labels(v.model_name, "triton", "loaded").inc()
+        else:
+            await triton.close()
+            VARIANT_LOADS.labels(v.model_name, "triton", "not_ready").inc()
+            log.warning("triton does not serve this version's export; the other variants serve",
+                        extra={"model": v.model_name, "version": v.version, "triton": triton_url,
+                               "triton_model": fp32.triton_model_name})
     for e in v.exports:
         if e.format not in ("onnx", "onnx-int8"):
             continue
