@@ -22,7 +22,8 @@ CONTRACTS = ROOT / "libs" / "contracts"
 GENERATED = sorted(".".join(p.relative_to(CONTRACTS).with_suffix("").parts)
                    for p in (CONTRACTS / "loopline").rglob("*.py") if p.name.endswith(("_pb2.py", "_pb2_grpc.py")))
 # The Open Inference Protocol RPCs the inference service claims to serve (its README, Triton's clients).
-OIP_RPCS = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"}
+OIP_RPCS = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelInfer",
+            "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
 
 
 def _tree(base: Path) -> dict[str, bytes]:
@@ -97,10 +98,15 @@ def test_inference_service_registers_and_implements_tritons_grpc_inference_servi
     assert not strays, f"not RPCs of {service.full_name} (typos?): {sorted(strays)}"
     for name in sorted(claimed):
         method, rpc = getattr(cls, name), rpcs[name]
-        assert inspect.iscoroutinefunction(method), f"{name} must be async (grpc.aio server)"
         hints = typing.get_type_hints(method)
         params = list(inspect.signature(method).parameters)
         assert params[:1] == ["self"] and len(params) == 3, f"{name}{inspect.signature(method)}"
+        if rpc.server_streaming:  # answered as an async generator over an async iterator of requests
+            assert inspect.isasyncgenfunction(method), f"{name} must be an async generator (grpc.aio stream)"
+            assert typing.get_args(hints[params[1]])[0].DESCRIPTOR.full_name == rpc.input_type.full_name, name
+            assert typing.get_args(hints["return"])[0].DESCRIPTOR.full_name == rpc.output_type.full_name, name
+            continue
+        assert inspect.iscoroutinefunction(method), f"{name} must be async (grpc.aio server)"
         assert hints[params[1]].DESCRIPTOR.full_name == rpc.input_type.full_name, name
         assert hints["return"].DESCRIPTOR.full_name == rpc.output_type.full_name, name
 
