@@ -60,10 +60,10 @@ class _Stuck:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def publish(self, topic: str, value: bytes, **kw: Any) -> None:
+    async def publish_batch(self, topic: str, records: Any, **kw: Any) -> None:
         self.entered.set()
         await self.release.wait()
-        await self.real.publish(topic, value, **kw)
+        await self.real.publish_batch(topic, records, **kw)
 
 
 async def test_block_waits_for_room_and_counts_what_found_none_in_time(

@@ -79,7 +79,7 @@ def kserve(path: str, name: str, n: int, grpc_port: int, http_port: int) -> None
             x = payload.inputs[0].as_numpy().astype(np.float32).reshape(-1, n)
             out = s.run(["score"], {"features": x})[0]
             output = InferOutput(name="score", shape=list(out.shape), datatype="FP32")
-            output.set_numpy(out)
+            output.set_data_from_numpy(out)
             return InferResponse(model_name=name, infer_outputs=[output], response_id=payload.id)
 
     stop_on_sigterm()
