@@ -13,6 +13,7 @@ Each prints ``ready`` when it serves and stops on SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-MAX_BATCH = 256
+MAX_BATCH = 64  # rows, as Loopline's default LOOPLINE_INFERENCE_MAX_BATCH
 QUEUE_DELAY_US = 2000  # as Loopline's default LOOPLINE_INFERENCE_MAX_QUEUE_DELAY_MS
 
 
@@ -83,8 +84,13 @@ def kserve(path: str, name: str, n: int, grpc_port: int, http_port: int) -> None
             return InferResponse(model_name=name, infer_outputs=[output], response_id=payload.id)
 
     stop_on_sigterm()
+    server = ks.ModelServer(grpc_port=grpc_port, http_port=http_port, workers=1, enable_docs_url=False,
+                            enable_latency_logging=False)
+    # no log line per request (KServe's defaults write two), as Triton and Loopline by default; set after
+    # ModelServer() has applied KServe's logging configuration
+    logging.getLogger("kserve").setLevel(logging.WARNING)
     print("ready", flush=True)  # the client polls readiness itself; this only says the process got here
-    ks.ModelServer(grpc_port=grpc_port, http_port=http_port, workers=1, enable_docs_url=False).start([OnnxModel()])
+    server.start([OnnxModel()])
 
 
 def main(argv: list[str]) -> None:
