@@ -22,7 +22,15 @@ from loopline_inference.domain.entities import BytesTensor, entity_request, is_e
 from loopline_inference.domain.routing import route, sticky_key
 from loopline_inference.domain.tensors import OUTPUT_NAME, TensorIn, to_batch
 from loopline_inference.domain.variants import FALLBACK, choose_variant
-from loopline_inference.metrics import FALLBACKS, LATENCY, REQUESTS, SHADOW, VARIANT_LATENCY, VARIANT_REQUESTS
+from loopline_inference.metrics import (
+    FALLBACKS,
+    LATENCY,
+    QUEUED,
+    REQUESTS,
+    SHADOW,
+    VARIANT_LATENCY,
+    VARIANT_REQUESTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +168,13 @@ class Scorer:
 
     async def _run(self, arm: Arm, variant: str, x: np.ndarray, deadline: float | None) -> np.ndarray:
         began = time.perf_counter()
-        scores = await arm.batchers[variant].submit(x, deadline)
+        batcher = arm.batchers[variant]
+        queued = QUEUED.labels(arm.name, arm.role, variant)
+        queued.set(batcher.queued_rows + len(x))  # sampled as requests come and go: the depth under load
+        try:
+            scores = await batcher.submit(x, deadline)
+        finally:
+            queued.set(batcher.queued_rows)
         VARIANT_REQUESTS.labels(arm.name, arm.role, variant).inc(len(x))
         VARIANT_LATENCY.labels(arm.name, arm.role, variant).observe(time.perf_counter() - began)
         return scores
