@@ -1,16 +1,18 @@
 """``python -m bench serving``: Loopline inference against real Triton 2.51 and KServe's ModelServer.
 
 The same exported model (a fraud MLP exported to ONNX by the trainer's exporter), the same client
-(``tritonclient.grpc.aio``, closed loops), the same machine, the same run. Each server is measured
-on its own (never concurrently) at concurrency 1, 16, 64 and 256 with batch 1 and 8 rows per
-request. Peers:
+(``tritonclient.grpc.aio``, closed loops), the same machine, the same run, at concurrency 1, 16,
+64 and 256 with batch 1 and 8 rows per request. All servers are started first and then measured
+one at a time, point by point, in an order that rotates: on a shared machine whose background
+load drifts, the load then falls on every server alike and the ratios stay meaningful. Peers:
 
-- **Triton** 2.51 as PyTriton 0.7 bundles it (own venv: numpy<2), dynamic batching on (max batch 64,
-  queue delay 2 ms), the ONNX run by onnxruntime in its Python backend;
-- **KServe** ModelServer (own venv), OIP gRPC, the ONNX run by onnxruntime;
+- **Triton** 2.51 as PyTriton 0.7 bundles it (own venv: numpy<2), dynamic batching on (max batch 64
+  rows, queue delay 2 ms: Loopline's defaults), the ONNX run by onnxruntime in its Python backend;
+- **KServe** ModelServer (own venv), OIP gRPC, the ONNX run by onnxruntime, per-request log lines off;
 - **Loopline** inference as a process of its own (registry, S3 store, broker and Postgres of a local
-  stack, as in production), serving the signed ONNX export (default variant) with dynamic batching,
-  and once more with ``LOOPLINE_INFERENCE_MAX_BATCH=1`` (unbatched) for its own ratio.
+  stack, as in production; every prediction logged to Kafka), serving the signed ONNX export (default
+  variant) with dynamic batching, and a second process beside it with ``LOOPLINE_INFERENCE_MAX_BATCH=1``
+  (unbatched, measured at c=64) for its own ratio.
 
 Figures go to bench/results/serving-<time>.json. The client runs in this process and shares the
 cores with the server it measures: on a 2-core machine every figure includes that cost.
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -41,6 +43,8 @@ MEASURED_PATHS = ["services/inference", "libs/core", "libs/ml"]
 CONCURRENCY = (1, 16, 64, 256)
 BATCHES = (1, 8)
 N_FEATURES = 7
+UNBATCHED_AT = 64
+"""Loopline's unbatched process is measured at this concurrency only (its ratio to batched)."""
 
 
 # ---- load --------------------------------------------------------------------------------------
@@ -98,14 +102,22 @@ async def _ready(addr: str, model: str, timeout_s: float) -> None:
         await client.close()
 
 
-def sweep(name: str, addr: str, model: str, args: argparse.Namespace,
-          points: Sequence[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
+def measure(servers: dict[str, str], model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every point on every server, interleaved: for each (concurrency, batch) each server in turn, the
+    order rotating from point to point, so a change in the machine's background load falls on all
+    servers alike. With ``--rounds`` > 1 each server's point is the round of median throughput."""
+    points = [(c, b) for b in BATCHES for c in CONCURRENCY]
     out = []
-    for c, b in points or [(c, b) for b in BATCHES for c in CONCURRENCY]:
-        p = asyncio.run(_point(addr, model, c, b, args.seconds, args.warmup))
-        console.print(f"  {name:<18} c={c:<4} batch={b}  {p['rps']:8.0f} req/s  p50 {p['p50_ms'] or 0:7.2f} ms  "
-                      f"p99 {p['p99_ms'] or 0:7.2f} ms  errors {p['errors']}")
-        out.append({"server": name, **p})
+    for i, (c, b) in enumerate(points):
+        names = [n for n in servers if not n.endswith("-unbatched") or c == UNBATCHED_AT]
+        names = names[i % len(names):] + names[:i % len(names)]
+        for name in names:
+            rounds = sorted((asyncio.run(_point(servers[name], model, c, b, args.seconds, args.warmup))
+                             for _ in range(args.rounds)), key=lambda p: p["rps"])
+            p = rounds[len(rounds) // 2]
+            console.print(f"  {name:<18} c={c:<4} batch={b}  {p['rps']:8.0f} req/s  p50 {p['p50_ms'] or 0:7.2f} ms  "
+                          f"p99 {p['p99_ms'] or 0:7.2f} ms  errors {p['errors']}")
+            out.append({"server": name, **p, "rounds_rps": [round(r["rps"]) for r in rounds]})
     return out
 
 
@@ -130,30 +142,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]serving benchmark[/] (logs in {work})")
     onnx, _ = export(Path(tempfile.mkdtemp(dir=work)))
-    results: list[dict[str, Any]] = []
+    servers: dict[str, str] = {}
     skipped: dict[str, str] = {}
-    for kind in ("triton", "kserve"):
-        if kind in args.skip:
-            continue
-        try:
-            with peers.serve(kind, onnx, "fraud", N_FEATURES, work / f"{kind}.log",
-                             progress=lambda m: console.print(f"  {m}")) as addr:
-                results += sweep(kind, addr, "fraud", args)
-        except Exception as exc:  # noqa: BLE001 - one peer failing to install or start is reported, not fatal
-            skipped[kind] = str(exc)[-600:]
-            console.print(f"[yellow]{kind} not measured: {exc}[/]")
-
-    results += measure_loopline(args, work)
+    with contextlib.ExitStack() as running:
+        for kind in ("triton", "kserve"):
+            if kind in args.skip:
+                continue
+            try:
+                servers[kind] = running.enter_context(peers.serve(
+                    kind, onnx, "fraud", N_FEATURES, work / f"{kind}.log", progress=lambda m: console.print(f"  {m}")))
+            except Exception as exc:  # noqa: BLE001 - one peer failing to install or start is reported, not fatal
+                skipped[kind] = str(exc)[-600:]
+                console.print(f"[yellow]{kind} not measured: {exc}[/]")
+        servers.update(start_loopline(running, work))
+        console.print(f"  all servers answer: {', '.join(servers)}; measuring, interleaved")
+        results = measure(servers, "fraud", args)
+    for name in servers:
+        if not any(p["requests"] for p in results if p["server"] == name):
+            skipped[name] = f"every request failed; see the logs in {work}"
     return {"benchmark": "serving", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "code": code,
-            "params": {"seconds": args.seconds, "warmup": args.warmup, "concurrency": CONCURRENCY, "batch": BATCHES},
+            "params": {"seconds": args.seconds, "warmup": args.warmup, "rounds": args.rounds,
+                       "concurrency": CONCURRENCY, "batch": BATCHES},
             "machine": machine(load_before),
-            "method": "closed-loop tritonclient.grpc.aio callers in the bench process; servers measured one after "
-                      "another; the same ONNX export everywhere (onnxruntime, 1 intra-op thread per call)",
+            "method": "closed-loop tritonclient.grpc.aio callers in the bench process; all servers up at once and "
+                      "measured in turn point by point (rotating order); the same ONNX export everywhere "
+                      "(onnxruntime, 1 intra-op thread per call)",
             "not_measured": skipped, "points": results, "ratios": ratios(results)}
 
 
-def measure_loopline(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Loopline inference as its own process against a local stack, batched, then unbatched."""
+def start_loopline(running: contextlib.ExitStack, work: Path) -> dict[str, str]:
+    """Loopline inference as its own process against a local stack (registry, S3 store, broker, Postgres,
+    as in production), serving the signed ONNX export; a second inference process, unbatched, beside it."""
     from loopline.registry.v1 import registry_pb2 as rpb  # noqa: PLC0415
     from loopline_core.kafka import TopicNamer, ensure_topics  # noqa: PLC0415
     from loopline_core.registry import RegistryClient  # noqa: PLC0415
@@ -161,40 +180,36 @@ def measure_loopline(args: argparse.Namespace, work: Path) -> list[dict[str, Any
     from loopline_stack.stack import Stack, StackConfig  # noqa: PLC0415
     from loopline_testing.builders import register_signed_model, set_alias  # noqa: PLC0415
 
-    results: list[dict[str, Any]] = []
     stack = Stack(StackConfig(state_dir=work / "stack", timeout_s=90), progress=lambda m: console.print(f"  {m}"))
     state = stack.up()
-    try:
-        suffix = uuid.uuid4().hex[:10]
-        asyncio.run(ensure_topics(state.env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(f"b{suffix}").platform_topics()))
-        dsn = asyncio.run(create_database(state.env["LOOPLINE_POSTGRES_DSN"], f"b_{suffix}"))
-        env = {**state.env, "LOOPLINE_POSTGRES_DSN": dsn, "LOOPLINE_TOPIC_PREFIX": f"b{suffix}"}
-        for name, extra in (("loopline", {}), ("loopline-unbatched", {"LOOPLINE_INFERENCE_MAX_BATCH": "1"})):
-            svc = ServiceSet(env, work / f"logs-{name}", {"inference": {"LOOPLINE_INFERENCE_RECONCILE_S": "2",
-                                                                        "LOOPLINE_PREDICTION_LOG_WHEN_FULL": "drop",
-                                                                        **extra}})
-            svc.start(names=("registry", "inference"))
-            try:
-                registry = svc.addr("registry")
+    running.callback(stack.down)
+    suffix = uuid.uuid4().hex[:10]
+    asyncio.run(ensure_topics(state.env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(f"b{suffix}").platform_topics()))
+    dsn = asyncio.run(create_database(state.env["LOOPLINE_POSTGRES_DSN"], f"b_{suffix}"))
+    env = {**state.env, "LOOPLINE_POSTGRES_DSN": dsn, "LOOPLINE_TOPIC_PREFIX": f"b{suffix}"}
+    common = {"LOOPLINE_INFERENCE_RECONCILE_S": "2", "LOOPLINE_PREDICTION_LOG_WHEN_FULL": "drop"}
+    batched = ServiceSet(env, work / "logs-loopline", {"inference": common})
+    batched.start(names=("registry", "inference"))
+    running.callback(batched.stop)
+    registry = batched.addr("registry")
+    unbatched = ServiceSet(env, work / "logs-loopline-unbatched", {"inference": {
+        **common, "LOOPLINE_REGISTRY_ADDR": registry, "LOOPLINE_INFERENCE_MAX_BATCH": "1"}})
+    unbatched.start(names=("inference",))
+    running.callback(unbatched.stop)
 
-                async def setup(registry: str = registry) -> None:
-                    rc = RegistryClient(registry)
-                    await rc.apply_model(rpb.Model(name="fraud", variants=rpb.VariantPolicy(default_variant="onnx")),
-                                         actor="bench")
-                    await rc.close()
-                    v = await register_signed_model(env, registry, "fraud", seed=1, exports=True)
-                    await set_alias(registry, "fraud", "champion", v.version)
+    async def setup() -> None:
+        rc = RegistryClient(registry)
+        await rc.apply_model(rpb.Model(name="fraud", variants=rpb.VariantPolicy(default_variant="onnx")),
+                             actor="bench")
+        await rc.close()
+        v = await register_signed_model(env, registry, "fraud", seed=1, exports=True)
+        await set_alias(registry, "fraud", "champion", v.version)
 
-                if name == "loopline":
-                    asyncio.run(setup())
-                asyncio.run(_ready(svc.addr("inference"), "fraud", 60))
-                points = None if name == "loopline" else [(64, 1), (64, 8)]
-                results += sweep(name, svc.addr("inference"), "fraud", args, points)
-            finally:
-                svc.stop()
-    finally:
-        stack.down()
-    return results
+    asyncio.run(setup())
+    out = {"loopline": batched.addr("inference"), "loopline-unbatched": unbatched.addr("inference")}
+    for addr in out.values():
+        asyncio.run(_ready(addr, "fraud", 60))
+    return out
 
 
 def ratios(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,10 +226,10 @@ def ratios(points: list[dict[str, Any]]) -> dict[str, Any]:
                     out[f"loopline/{peer_name} rps c={c} b={b}"] = round(ours["rps"] / theirs["rps"], 2)
                     if ours["p99_ms"] and theirs["p99_ms"]:
                         out[f"loopline/{peer_name} p99 c={c} b={b}"] = round(ours["p99_ms"] / theirs["p99_ms"], 2)
-        unb = by.get(("loopline-unbatched", 64, b))
-        ours = by.get(("loopline", 64, b))
+        unb = by.get(("loopline-unbatched", UNBATCHED_AT, b))
+        ours = by.get(("loopline", UNBATCHED_AT, b))
         if unb and ours and unb["rps"]:
-            out[f"batched/unbatched rps c=64 b={b}"] = round(ours["rps"] / unb["rps"], 2)
+            out[f"batched/unbatched rps c={UNBATCHED_AT} b={b}"] = round(ours["rps"] / unb["rps"], 2)
     return out
 
 
@@ -237,10 +252,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench serving", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each point")
+    p.add_argument("--rounds", type=int, default=1, help="rounds per point; the round of median req/s is kept")
     p.add_argument("--skip", nargs="*", default=[], choices=["triton", "kserve"], help="peers to leave out")
     args = p.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0:
-        p.error("--seconds must be positive and --warmup not negative")
+    if args.seconds <= 0 or args.warmup < 0 or args.rounds < 1:
+        p.error("--seconds must be positive, --warmup not negative and --rounds at least 1")
     return args
 
 
@@ -249,4 +265,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
