@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from loopline.registry.v1 import registry_pb2 as rpb
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
 from loopline_core.signing import TrustStore
+from loopline_inference.adapters.backends import load_variants
 from loopline_ml.store import fetch_verified_dir
 from loopline_stack import peers
 from loopline_stack.services import ServiceSet
@@ -45,6 +47,15 @@ async def test_triton_backend_scores_equal_in_process_and_falls_back_when_triton
     expected = make_model(1).predict(x).reshape(-1)
 
     with peers.serve("triton", onnx, export.triton_model_name, len(FEATURES), tmp_path / "triton.log") as triton:
+        # the loader forwards to Triton only when Triton answers as the version's verified export does:
+        # v2's export has the same Triton model name, and this Triton serves v1's
+        v2 = await register_signed_model(isolated, reg.addr("registry"), "fraud", seed=2, exports=True)
+        with ThreadPoolExecutor(2) as pool:
+            for version, seed, served in ((v1, 1, True), (v2, 2, False)):
+                variants = await load_variants(version, make_model(seed), store, trust, pool, triton_url=triton)
+                assert ("triton" in variants) is served, f"v{version.version}: Triton serves v1's export"
+                for b in variants.values():
+                    await b.close()
         svc = services("inference", env={"inference": {
             "LOOPLINE_REGISTRY_ADDR": reg.addr("registry"), "LOOPLINE_INFERENCE_TRITON_URL": triton}})
         rc = RegistryClient(reg.addr("registry"))

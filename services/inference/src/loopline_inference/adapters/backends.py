@@ -110,24 +110,17 @@ class TritonBackend:
         await self._client.close()
 
 
+TRITON_PARITY = 1e-5
+"""Largest difference, on the probe rows, between Triton's scores and the verified export's."""
+
+
 async def load_variants(v: registry_pb2.ModelVersion, model: ScoringModel, objects: ObjectStore, trust: TrustStore,
                         executor: Executor, *, onnx_threads: int = 1, triton_url: str = "") -> dict[str, Backend]:
     """The torch variant, every signed ONNX export of ``v`` that verifies, and, when a Triton serves the
-    exported repository (``triton_url``), the ``triton`` variant. An export that is refused or fails to
-    load is skipped (logged and counted): the torch variant still serves the version."""
+    exported repository (``triton_url``) and answers as the verified ONNX export does, the ``triton``
+    variant. An export that is refused or fails to load is skipped (logged and counted): the torch
+    variant still serves the version."""
     out: dict[str, Backend] = {"torch": TorchBackend(model, executor)}
-    fp32 = next((e for e in v.exports if e.format == "onnx"), None)
-    if triton_url and fp32 is not None:
-        triton = TritonBackend(triton_url, fp32.triton_model_name, model.n_features)
-        if await triton.ready():
-            out["triton"] = triton
-            VARIANT_LOADS.labels(v.model_name, "triton", "loaded").inc()
-        else:
-            await triton.close()
-            VARIANT_LOADS.labels(v.model_name, "triton", "not_ready").inc()
-            log.warning("triton does not serve this version's export; the other variants serve",
-                        extra={"model": v.model_name, "version": v.version, "triton": triton_url,
-                               "triton_model": fp32.triton_model_name})
     for e in v.exports:
         if e.format not in ("onnx", "onnx-int8"):
             continue
@@ -142,4 +135,36 @@ async def load_variants(v: registry_pb2.ModelVersion, model: ScoringModel, objec
                       extra={"model": v.model_name, "version": v.version, "variant": e.format, "error": str(exc)})
             continue
         VARIANT_LOADS.labels(v.model_name, e.format, "loaded").inc()
+    fp32 = next((e for e in v.exports if e.format == "onnx"), None)
+    if triton_url and fp32 is not None:
+        triton = TritonBackend(triton_url, fp32.triton_model_name, model.n_features)
+        outcome = await _triton_outcome(triton, out.get("onnx"))
+        VARIANT_LOADS.labels(v.model_name, "triton", outcome).inc()
+        if outcome == "loaded":
+            out["triton"] = triton
+        else:
+            await triton.close()
+            log.warning("the triton variant is not used for this version; the other variants serve",
+                        extra={"model": v.model_name, "version": v.version, "triton": triton_url,
+                               "triton_model": fp32.triton_model_name, "outcome": outcome})
     return out
+
+
+async def _triton_outcome(triton: TritonBackend, verified: Backend | None) -> str:
+    """Triton serves whatever its repository holds under the export's model name, which is the same for
+    every version of a model (and nothing there is checked against the signature). So its variant is
+    used only when it scores probe rows as this version's verified ONNX export does: a Triton still
+    serving another version, or a model nobody signed, is never forwarded to."""
+    if verified is None:
+        return "unverified"  # the signed export was refused or is absent: nothing to compare Triton with
+    if not await triton.ready():
+        return "not_ready"
+    probe = np.random.default_rng(0).normal(size=(16, triton.n_features)).astype(np.float32)
+    try:
+        theirs = await triton.predict(probe)
+    except LooplineError:
+        return "not_ready"
+    ours = await verified.predict(probe)
+    if theirs.shape != ours.shape or not np.abs(theirs - ours).max() <= TRITON_PARITY:
+        return "mismatch"
+    return "loaded"
