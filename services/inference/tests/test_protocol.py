@@ -22,6 +22,7 @@ from loopline_core.kafka import TopicNamer
 from loopline_core.registry import RegistryClient
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, read_topic, register_signed_model, set_alias
+from loopline_testing.flow import metric, metrics_port
 from tritonclient.utils import InferenceServerException
 
 SERVICE = "inference.GRPCInferenceService"
@@ -218,6 +219,9 @@ async def test_a_full_queue_refuses_and_an_expired_request_is_not_run(
     await asyncio.sleep(1.0)  # the batch it waited for would have run by now
     after = (await client.get_inference_statistics("fraud", as_json=True))["model_stats"][0]
     assert after.get("inference_count") == before.get("inference_count"), "the expired request was not run"
+    port = metrics_port(svc.running["inference"].log)
+    assert metric(port, "loopline_inference_requests_total", model="fraud", code="RESOURCE_EXHAUSTED") == 4
+    assert metric(port, "loopline_inference_queued_rows", model="fraud", role="champion", variant="torch") == 0
     await client.close()
 
 
@@ -262,6 +266,14 @@ async def test_canary_is_sticky_by_entity_and_shadow_logs_both(
     assert all(p.model_version == 2 and p.role == "challenger" for p in shadow.values())
     assert all(p.model_version == 1 and p.role == "champion" for p in served.values())
     assert all(shadow[k].metadata.event_id != served[k].metadata.event_id for k in shadow), "rows keep their own ids"
+
+    # each role's and variant's traffic is counted apart, and the shadow copies as such
+    port = metrics_port(svc.running["inference"].log)
+    rows_by_role = {role: metric(port, "loopline_inference_variant_requests_total", model="fraud", role=role,
+                                 variant="torch") for role in ("champion", "challenger")}
+    assert rows_by_role["champion"] > 0 and rows_by_role["challenger"] >= 10, rows_by_role
+    assert metric(port, "loopline_inference_shadow_total", model="fraud", outcome="scored") >= 10  # probes too
+    assert metric(port, "loopline_inference_requests_total", model="fraud", code="OK") >= 2 * len(entities) + 10
     await client.close()
 
 

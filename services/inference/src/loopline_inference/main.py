@@ -19,6 +19,7 @@ from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 from loopline_ml.artifact import ScoringModel
+from prometheus_client import REGISTRY
 from tritonclient.grpc import service_pb2_grpc
 
 from loopline_inference.adapters.backends import Backend, load_variants
@@ -29,6 +30,7 @@ from loopline_inference.domain.batching import Batcher, Stats
 from loopline_inference.handlers.model_events import ModelEventsHandler
 from loopline_inference.handlers.oip import InferenceServicer
 from loopline_inference.handlers.scoring import Scorer
+from loopline_inference.metrics import QueueDepth
 from loopline_inference.settings import Settings
 
 
@@ -58,6 +60,7 @@ async def main(stop: asyncio.Event) -> None:
 
     repo = Repository(settings.inference_models, RegistryClient(settings.registry_addr), objects, trust,
                       rt.publisher, rt.namer, load_variants=variants, batcher=batcher, on_ready=on_ready)
+    REGISTRY.register(QueueDepth(repo.queue_depths))
     prediction_log = PredictionLog(rt.publisher, rt.namer, capacity=settings.prediction_log_capacity,
                                    when_full=settings.prediction_log_when_full,
                                    block_s=settings.prediction_log_block_s, batch_size=settings.prediction_log_batch,

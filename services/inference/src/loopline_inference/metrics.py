@@ -1,4 +1,8 @@
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REQUESTS = Counter("loopline_inference_requests_total", "ModelInfer calls", ["model", "code"])
 LATENCY = Histogram("loopline_inference_latency_seconds", "ModelInfer latency", ["model"],
@@ -23,4 +27,19 @@ FALLBACKS = Counter("loopline_inference_fallbacks_total",
                     "Requests answered by the champion's torch variant because the routed arm or variant failed",
                     ["model", "variant", "reason"])
 SHADOW = Counter("loopline_inference_shadow_total", "Shadow copies scored by the challenger", ["model", "outcome"])
-QUEUED = Gauge("loopline_inference_queued_rows", "Rows waiting in a batcher's queue", ["model", "role", "variant"])
+
+
+class QueueDepth(Collector):
+    """``loopline_inference_queued_rows{model,role,variant}``: rows waiting in each batcher, read at
+    scrape time (exact, and nothing to do on the request path). ``depths`` yields (model, role,
+    variant, rows) and is called from the metrics server's thread."""
+
+    def __init__(self, depths: Callable[[], Iterable[tuple[str, str, str, int]]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("loopline_inference_queued_rows", "Rows waiting in a batcher's queue",
+                                   labels=["model", "role", "variant"])
+        for model, role, variant, rows in self._depths():
+            family.add_metric([model, role, variant], rows)
+        yield family

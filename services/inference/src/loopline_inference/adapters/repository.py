@@ -113,6 +113,12 @@ class Repository:
     def unloaded(self, name: str) -> bool:
         return name in self._unloaded
 
+    def queue_depths(self) -> list[tuple[str, str, str, int]]:
+        """(model, role, variant, rows waiting) per batcher served now. Called from the metrics server's
+        thread: it reads a copy of the served entries (each entry is replaced whole, never changed)."""
+        return [(arm.name, arm.role, variant, b.queued_rows)
+                for s in list(self._serving.values()) for arm in s.arms() for variant, b in list(arm.batchers.items())]
+
     @property
     def ready(self) -> bool:
         return all(n in self._serving for n in self.names)
