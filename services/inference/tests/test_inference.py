@@ -81,6 +81,12 @@ async def test_serves_the_champion_to_tritons_client(isolated: dict[str, str],
         (lambda: client.infer("fraud", [_input(x[:, :3])]), "StatusCode.INVALID_ARGUMENT"),
         (lambda: client.infer("fraud", [_input(x.astype(np.float64), dtype="FP64")]), "StatusCode.INVALID_ARGUMENT"),
         (lambda: client.infer("fraud", [_input(x)], model_version="7"), "StatusCode.NOT_FOUND"),
+        (lambda: client.infer("fraud", [_input(np.full_like(x, np.nan))]), "StatusCode.INVALID_ARGUMENT"),
+        (lambda: client.infer("fraud", [_input(x)], outputs=[tg.InferRequestedOutput("proba")]),
+         "StatusCode.INVALID_ARGUMENT"),
+        (lambda: client.infer("fraud", [_input(x)], parameters={"variant": 3}), "StatusCode.INVALID_ARGUMENT"),
+        (lambda: client.infer("fraud", [_input(x)], parameters={"latency_budget_ms": "soon"}),
+         "StatusCode.INVALID_ARGUMENT"),
     ]:
         with pytest.raises(InferenceServerException) as err:
             call()
