@@ -46,16 +46,31 @@ async def test_concurrent_requests_share_batches_and_each_gets_its_own_rows() ->
     await b.close()
 
 
-async def test_a_lone_request_waits_at_most_the_delay_and_a_full_batch_goes_at_once() -> None:
+async def test_an_idle_batcher_runs_at_once_and_a_busy_one_gathers_requests() -> None:
     run = Recorder()
-    b = Batcher(run, max_batch=4, max_delay_s=0.2, max_queue=100)
+    b = Batcher(run, max_batch=4, max_delay_s=0.5, max_queue=100)
+    await asyncio.wait_for(b.submit(_rows(1)), 0.4)  # far less than the delay: it did not wait for company
+    assert run.sizes == [1]
+    run.gate.clear()
+    busy = asyncio.create_task(b.submit(_rows(0)))  # runs at once and holds the model
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(b.submit(_rows(i))) for i in range(1, 4)]
+    await asyncio.sleep(0.05)
+    assert not any(t.done() for t in waiting)
+    run.gate.set()
+    await asyncio.gather(busy, *waiting)
+    assert run.sizes[1:] == [1, 3], "while the model was busy, three requests gathered into one batch"
+    await b.close()
+
+
+async def test_not_eager_every_batch_waits_the_delay_as_tritons_does() -> None:
+    run = Recorder()
+    b = Batcher(run, max_batch=4, max_delay_s=0.2, max_queue=100, eager=False)
     started = time.perf_counter()
     await b.submit(_rows(1))
-    assert run.sizes == [1]
-    lone = time.perf_counter() - started
-    assert lone >= 0.15, "a lone request waited for company until the delay passed"
+    assert time.perf_counter() - started >= 0.15, "a lone request waited for company until the delay passed"
     await asyncio.gather(*(b.submit(_rows(i)) for i in range(4)))
-    assert run.sizes[1:] == [4], "four rows filled the batch: it ran as one"
+    assert run.sizes == [1, 4], "four rows filled the batch: it ran as one, without waiting"
     await b.close()
 
 

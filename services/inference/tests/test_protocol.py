@@ -199,6 +199,7 @@ async def test_a_full_queue_refuses_and_an_expired_request_is_not_run(
         isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
     svc = services("registry", "inference", env={"inference": {
         "LOOPLINE_INFERENCE_MAX_QUEUE": "8", "LOOPLINE_INFERENCE_MAX_BATCH": "1000",
+        "LOOPLINE_INFERENCE_EAGER_WHEN_IDLE": "false",
         "LOOPLINE_INFERENCE_MAX_QUEUE_DELAY_MS": "500"}})
     v1 = await register_signed_model(isolated, svc.addr("registry"), "fraud", seed=1)
     await set_alias(svc.addr("registry"), "fraud", "champion", v1.version)

@@ -52,7 +52,8 @@ async def main(stop: asyncio.Event) -> None:
     def batcher(backend: Backend, stats: Stats) -> Batcher:
         return Batcher(backend.predict, max_batch=settings.inference_max_batch,
                        max_delay_s=settings.inference_max_queue_delay_ms / 1000,
-                       max_queue=settings.inference_max_queue, concurrency=settings.inference_workers, stats=stats)
+                       max_queue=settings.inference_max_queue, concurrency=settings.inference_workers, stats=stats,
+                       eager=settings.inference_eager_when_idle)
 
     async def variants(v: registry_pb2.ModelVersion, model: ScoringModel) -> dict[str, Backend]:
         return await load_variants(v, model, objects, trust, executor, onnx_threads=settings.inference_torch_threads,

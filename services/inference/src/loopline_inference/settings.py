@@ -17,6 +17,8 @@ class Settings(CoreSettings):
     """Most rows one batch holds (requests queue and are scored together up to this)."""
     inference_max_queue_delay_ms: float = 2.0
     """Longest a request waits for others to share its batch."""
+    inference_eager_when_idle: bool = True
+    """An idle model scores what is queued at once; false: every batch waits the delay (Triton's way)."""
     inference_max_queue: int = 4096
     """Rows that may wait per model variant; a request that does not fit gets RESOURCE_EXHAUSTED."""
     inference_workers: int = 2

@@ -1,11 +1,13 @@
 """Dynamic batching: requests queue, a batcher forms batches, the backend runs them, results split.
 
-A batch closes when it holds ``max_batch`` rows or its first request has waited ``max_delay_s``,
-whichever comes first; up to ``concurrency`` batches run at once (the backend runs each off the
-event loop, so gRPC I/O never waits on a batch). The queue is bounded in rows: a request that does
-not fit is refused with RESOURCE_EXHAUSTED at once rather than waiting behind work it cannot
-finish in time. A request whose deadline has passed when its batch forms is dropped, not run.
-Statistics follow Triton's ModelStatistics: counts in requests and rows, durations in nanoseconds.
+When no batch is running, what is queued runs at once (``eager``: an idle model adds no latency;
+off, every batch waits as Triton's dynamic batcher does). While one runs, the next batch closes
+when it holds ``max_batch`` rows or its first request has waited ``max_delay_s``, whichever comes
+first; up to ``concurrency`` batches run at once (the backend runs each off the event loop, so gRPC
+I/O never waits on a batch). The queue is bounded in rows: a request that does not fit is refused
+with RESOURCE_EXHAUSTED at once rather than waiting behind work it cannot finish in time. A
+request whose deadline has passed when its batch forms is dropped, not run. Statistics follow
+Triton's ModelStatistics: counts in requests and rows, durations in nanoseconds.
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ class _Pending:
 
 class Batcher:
     def __init__(self, run: Run, *, max_batch: int, max_delay_s: float, max_queue: int, concurrency: int = 1,
-                 stats: Stats | None = None) -> None:
+                 stats: Stats | None = None, eager: bool = True) -> None:
         if max_batch < 1 or max_queue < 1 or concurrency < 1 or max_delay_s < 0:
             raise ValueError("max_batch, max_queue and concurrency must be >= 1 and max_delay_s >= 0")
         self._run = run
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        self.eager = eager
         self.stats = stats or Stats()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
@@ -128,7 +131,9 @@ class Batcher:
                 await self._arrived.wait()
             first = self._queue[0]
             close_at = loop.time() + self.max_delay_s - (time.perf_counter_ns() - first.queued_at) / 1e9
-            while self._queued_rows < self.max_batch and loop.time() < close_at:
+            # Wait for company only while a batch is running: an idle model scores a lone request at
+            # once (no added latency at low load), and under load requests gather while it is busy.
+            while (self._running or not self.eager) and self._queued_rows < self.max_batch and loop.time() < close_at:
                 self._arrived.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), max(0.0, close_at - loop.time()))
