@@ -63,6 +63,22 @@ async def test_an_idle_batcher_runs_at_once_and_a_busy_one_gathers_requests() ->
     await b.close()
 
 
+async def test_what_gathered_while_busy_runs_as_soon_as_the_model_is_idle() -> None:
+    run = Recorder()
+    run.gate.clear()
+    b = Batcher(run, max_batch=8, max_delay_s=60.0, max_queue=100)
+    busy = asyncio.create_task(b.submit(_rows(0)))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(b.submit(_rows(1)))  # gathers: a batch is running
+    await asyncio.sleep(0.05)
+    run.gate.set()
+    await busy
+    # the model is idle again: the waiting request runs now, not when its 60 s delay ends
+    assert (await asyncio.wait_for(waiting, 30)).tolist() == [3.0]
+    assert run.sizes == [1, 1]
+    await b.close()
+
+
 async def test_not_eager_every_batch_waits_the_delay_as_tritons_does() -> None:
     run = Recorder()
     b = Batcher(run, max_batch=4, max_delay_s=0.2, max_queue=100, eager=False)

@@ -145,6 +145,9 @@ class Batcher:
             task = asyncio.create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            # Then wake the batcher: a batch gathering while this one ran goes as soon as the model is
+            # idle (eager), not when its delay ends. Callbacks run in order: the discard comes first.
+            task.add_done_callback(lambda _t: self._arrived.set())
 
     def _take(self) -> list[_Pending]:
         """Up to ``max_batch`` rows from the head of the queue (a larger request goes alone); requests
