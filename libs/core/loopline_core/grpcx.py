@@ -30,6 +30,28 @@ STATUS: dict[ErrorKind, grpc.StatusCode] = {
 }
 
 
+# A peer's status back to a kind. Load and availability codes (UNAVAILABLE, DEADLINE_EXCEEDED,
+# RESOURCE_EXHAUSTED, ...) are transient on the caller's side whatever the peer meant: UNAVAILABLE.
+KINDS: dict[grpc.StatusCode, ErrorKind] = {
+    grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS: ErrorKind.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED: ErrorKind.ABORTED,
+}
+_DETAIL_PREFIX = "x-loopline-"
+
+
+def error_from_status(exc: grpc.aio.AioRpcError, peer: str = "") -> LooplineError:
+    """A peer's status as a :class:`LooplineError` (the inverse of the server interceptor): its kind,
+    its message prefixed with ``peer``, and its trailing ``x-loopline-*`` metadata as details."""
+    details = {k[len(_DETAIL_PREFIX):].replace("-", "_"): str(v) for k, v in (exc.trailing_metadata() or ())
+               if isinstance(k, str) and k.startswith(_DETAIL_PREFIX)}
+    message = exc.details() or str(exc.code())
+    return LooplineError(KINDS.get(exc.code(), ErrorKind.UNAVAILABLE), f"{peer}: {message}" if peer else message,
+                         details)
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary handlers: continue the caller's trace, map :class:`LooplineError` to a status."""
 
@@ -49,7 +71,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         return await inner(request, ctx)
                     except LooplineError as exc:
                         # details travel as trailing metadata (x-loopline-<name>), e.g. a CAS loser's current holder
-                        trailers = tuple((f"x-loopline-{k.replace('_', '-')}", _header_value(v))
+                        trailers = tuple((f"{_DETAIL_PREFIX}{k.replace('_', '-')}", _header_value(v))
                                          for k, v in exc.details.items())
                         await ctx.abort(STATUS[exc.kind], exc.message, trailers)
             finally:

@@ -14,25 +14,14 @@ from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
 
 from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.grpcx import error_from_status
 from loopline_core.telemetry import inject_metadata
-
-_KINDS = {
-    grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION,
-    grpc.StatusCode.ALREADY_EXISTS: ErrorKind.ALREADY_EXISTS,
-    grpc.StatusCode.ABORTED: ErrorKind.ABORTED,
-}
-_PREFIX = "x-loopline-"
 
 
 def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
     """A registry status as a :class:`LooplineError`; trailing ``x-loopline-*`` metadata become details.
     Codes the registry does not answer on purpose (UNAVAILABLE, DEADLINE_EXCEEDED, ...) are transient."""
-    details = {k[len(_PREFIX):].replace("-", "_"): str(v) for k, v in (exc.trailing_metadata() or ())
-               if isinstance(k, str) and k.startswith(_PREFIX)}
-    return LooplineError(_KINDS.get(exc.code(), ErrorKind.UNAVAILABLE), f"registry: {exc.details() or exc.code()}",
-                         details)
+    return error_from_status(exc, "registry")
 
 
 STAGES: dict[str, pb.Stage.ValueType] = {"candidate": pb.STAGE_CANDIDATE, "staging": pb.STAGE_STAGING,

@@ -7,13 +7,10 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
 from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.grpcx import error_from_status
 from loopline_core.telemetry import inject_metadata
 
 from loopline_inference.domain.entities import EntityRequest
-
-_KINDS = {grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
-          grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND,
-          grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION}
 
 
 class OnlineFeatures:
@@ -37,8 +34,7 @@ class OnlineFeatures:
             resp: feature_pb2.GetOnlineFeaturesResponse = await self._stub.GetOnlineFeatures(
                 msg, metadata=inject_metadata(), timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as exc:
-            kind = _KINDS.get(exc.code(), ErrorKind.UNAVAILABLE)
-            raise LooplineError(kind, f"feature service: {exc.details() or exc.code()}") from exc
+            raise error_from_status(exc, "feature service") from exc
         if list(resp.feature_names) != feature_names or len(resp.rows) != len(request.entity_ids):
             raise LooplineError(ErrorKind.FAILED_PRECONDITION,
                                 f"feature view {view!r} answered {list(resp.feature_names)} for "

@@ -5,16 +5,14 @@ from __future__ import annotations
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
-from loopline_core.errors import ErrorKind, LooplineError
+from loopline_core.errors import LooplineError
+from loopline_core.grpcx import error_from_status
 from loopline_core.telemetry import inject_metadata
-
-_KINDS = {grpc.StatusCode.NOT_FOUND: ErrorKind.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_ARGUMENT,
-          grpc.StatusCode.FAILED_PRECONDITION: ErrorKind.FAILED_PRECONDITION}
 
 
 def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
     """Map a peer's status back to an error kind (unknown codes are transient: UNAVAILABLE)."""
-    return LooplineError(_KINDS.get(exc.code(), ErrorKind.UNAVAILABLE), exc.details() or str(exc.code()))
+    return error_from_status(exc)
 
 
 class FeatureClient:
