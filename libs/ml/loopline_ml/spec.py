@@ -129,6 +129,67 @@ class Variants(_Strict):
     fast_budget_ms: float = Field(default=0.0, ge=0)
 
 
+AlertKind = Literal["feature_drift", "prediction_drift", "performance", "data_quality", "latency", "error_rate",
+                   "consumer_lag"]
+Severity = Literal["warning", "critical"]
+
+
+class PerformanceCheck(_Strict):
+    """A performance alert from delayed labels: ``metric`` over the last ``window_labels`` labelled rows."""
+
+    metric: Literal["auc_roc", "auc_pr", "precision", "recall", "calibration_error"] = "auc_roc"
+    direction: Literal["higher", "lower"] = "higher"
+    warning: float = 0.8
+    critical: float = 0.7
+
+
+class Monitoring(_Strict):
+    """What the monitor watches for this model (the trainer stores the column types in the reference profile)."""
+
+    categorical: list[str] = []
+    """Features tested as categories (chi-squared / Jensen-Shannon / z); the rest are numeric."""
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    """Dataset drift when at least this share of the columns drifted (Evidently's rule and default)."""
+    critical_share: float = Field(default=0.75, gt=0, le=1)
+    """Feature drift is critical (not a warning) from this share of drifted columns."""
+    window_labels: int = Field(default=500, gt=0)
+    performance: list[PerformanceCheck] = [PerformanceCheck()]
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    """The deployed decision threshold: precision and recall are computed at it."""
+    ranges: dict[str, tuple[float, float]] = {}
+    """Valid ``[low, high]`` per feature; a value outside counts toward the out-of-range rate."""
+
+
+class Trigger(_Strict):
+    """One reason to retrain."""
+
+    kind: Literal["feature_drift", "prediction_drift", "performance", "label_volume", "schedule"]
+    min_severity: Severity = "warning"
+    labels: int = Field(default=0, ge=0)
+    """label_volume: retrain after this many new labels."""
+    every_s: float = Field(default=0.0, ge=0)
+    """schedule: retrain this often."""
+
+
+class TrainingWindow(_Strict):
+    from_onset: bool = True
+    """A drift-triggered retrain trains on events from the drift's onset on only."""
+    min_rows: int = Field(default=1500, ge=0)
+    """Wait until this many labels arrived since the trigger before training."""
+    max_rows: int = Field(default=3000, ge=0)
+    """Train on at most the newest this many labelled rows (0: all)."""
+
+
+class Retraining(_Strict):
+    """When the retrainer asks for a new version, and how."""
+
+    triggers: list[Trigger] = [Trigger(kind="feature_drift"), Trigger(kind="performance")]
+    cooldown_s: float = Field(default=60.0, ge=0)
+    in_flight_timeout_s: float = Field(default=900.0, gt=0)
+    mode: Literal["full", "warm_start"] = "full"
+    window: TrainingWindow = TrainingWindow()
+
+
 class ModelSpec(_Strict):
     name: str
     description: str
@@ -142,6 +203,8 @@ class ModelSpec(_Strict):
     exports: Exports = Exports()
     rollout: Rollout = Rollout()
     variants: Variants = Variants()
+    monitoring: Monitoring = Monitoring()
+    retraining: Retraining = Retraining()
 
 
 def default_dir() -> Path:

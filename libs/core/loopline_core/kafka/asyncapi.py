@@ -14,9 +14,9 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.ingest.v1.envelope_pb2 import EventIngested
-from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline.monitor.v1.events_pb2 import AlertRaised, WindowEvaluated
 from loopline.registry.v1.registry_pb2 import ModelChanged
-from loopline.retrainer.v1.events_pb2 import RolloutDecided
+from loopline.retrainer.v1.events_pb2 import RetrainDecided, RolloutDecided
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
 from loopline.validator.v1.events_pb2 import ValidationFailed
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -152,19 +152,25 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
                 ("retrainer", "ML engineers"), ("trainer",)),
         Channel(namer.training_results(), proto_model(TrainingCompleted.DESCRIPTOR), "model name", ("trainer",),
                 ("retrainer",)),
-        Channel(namer.model_events(), proto_model(ModelChanged.DESCRIPTOR) | proto_model(RolloutDecided.DESCRIPTOR),
+        Channel(namer.model_events(), proto_model(ModelChanged.DESCRIPTOR) | proto_model(RolloutDecided.DESCRIPTOR)
+                | proto_model(RetrainDecided.DESCRIPTOR),
                 "model name", ("registry (outbox)", "retrainer (outbox)"), ("inference", "loopline demo"),
                 note="One ModelChanged per registry change (registration, alias move with its action, stage "
                      "change, approval), committed with the change; one loopline.retrainer.v1.RolloutDecided per "
                      "step of a challenger's rollout (started, promoted, rolled_back) with each watched rate's "
-                     "sequential-test evidence. The x-loopline-type header says which message a record is, and "
-                     "consumers skip kinds they do not handle."),
-        Channel(namer.alerts(), proto_model(DriftAlertRaised.DESCRIPTOR), "model name",
+                     "sequential-test evidence; one loopline.retrainer.v1.RetrainDecided per decision of the "
+                     "retraining policy (requested, waiting, skipped and why). The x-loopline-type header says "
+                     "which message a record is, and consumers skip kinds they do not handle."),
+        Channel(namer.alerts(), proto_model(AlertRaised.DESCRIPTOR), "model name",
                 ("monitor", "inference, monitor, trainer (artifact refusals)"), ("retrainer", "alerting"),
-                note="Also carries loopline.monitor.v1.ArtifactRefused (a service refused to load a tampered, "
-                     "unsigned, or unknown- or revoked-key artifact and kept serving what it had); the "
-                     "x-loopline-type header says which message a record is, and consumers skip kinds they "
-                     "do not handle."),
+                note="Also carries loopline.monitor.v1.AlertResolved (an alert episode ended) and "
+                     "loopline.monitor.v1.ArtifactRefused (a service refused to load a tampered, unsigned, or "
+                     "unknown- or revoked-key artifact and kept serving what it had); the x-loopline-type "
+                     "header says which message a record is, and consumers skip kinds they do not handle."),
+        Channel(namer.evaluations(), proto_model(WindowEvaluated.DESCRIPTOR), "model name", ("monitor",),
+                ("loopline demo", "dashboards"),
+                note="One record per evaluated window of a served version: drift per column as Evidently's "
+                     "preset decides it, data quality and, from delayed labels, performance."),
     ]
     out += [Channel(namer.predictions(m), proto_model(PredictionLogged.DESCRIPTOR), "request or entity id",
                     ("inference",), ("monitor", "retrainer (rollouts)")) for m in models]

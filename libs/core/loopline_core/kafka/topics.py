@@ -45,6 +45,10 @@ class TopicNamer:
     def alerts(self) -> str:
         return f"{self.prefix}.monitor.alerts"
 
+    def evaluations(self) -> str:
+        """``WindowEvaluated``: the monitor's record of each evaluated window."""
+        return f"{self.prefix}.monitor.evaluations"
+
     def dead_letter_for(self, topic: str) -> str:
         """The dead-letter topic for records that failed on ``topic``.
 
@@ -63,7 +67,8 @@ class TopicNamer:
     def platform_topics(self, datasets: tuple[str, ...] = ("transactions",),
                         models: tuple[str, ...] = ("fraud",)) -> list[str]:
         """The topics the local stack creates up front."""
-        names = [self.training_requests(), self.training_results(), self.model_events(), self.alerts()]
+        names = [self.training_requests(), self.training_results(), self.model_events(), self.alerts(),
+                 self.evaluations()]
         for d in datasets:
             names += [self.raw(d), self.ingested(d), self.valid(d), self.dlq(d), self.labels(d),
                       self.validation_failed(d)]

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from loopline.common.v1 import metadata_pb2 as loopline_dot_common_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loopline/monitor/v1/events.proto\x12\x13loopline.monitor.v1\x1a!loopline/common/v1/metadata.proto\"\xc8\x02\n\x10\x44riftAlertRaised\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12P\n\x0e\x66\x65\x61ture_scores\x18\x06 \x03(\x0b\x32\x38.loopline.monitor.v1.DriftAlertRaised.FeatureScoresEntry\x12\x11\n\tmax_score\x18\x07 \x01(\x01\x12\x13\n\x0bwindow_size\x18\x08 \x01(\x03\x1a\x34\n\x12\x46\x65\x61tureScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcd\x01\n\x0f\x41rtifactRefused\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rsigner_key_id\x18\x07 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loopline/monitor/v1/events.proto\x12\x13loopline.monitor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!loopline/common/v1/metadata.proto\"\xc8\x02\n\x10\x44riftAlertRaised\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12P\n\x0e\x66\x65\x61ture_scores\x18\x06 \x03(\x0b\x32\x38.loopline.monitor.v1.DriftAlertRaised.FeatureScoresEntry\x12\x11\n\tmax_score\x18\x07 \x01(\x01\x12\x13\n\x0bwindow_size\x18\x08 \x01(\x03\x1a\x34\n\x12\x46\x65\x61tureScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xcd\x01\n\x0f\x41rtifactRefused\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rsigner_key_id\x18\x07 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\"\x87\x05\n\x0b\x41lertRaised\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x0e\n\x06window\x18\x07 \x01(\t\x12\x13\n\x0bwindow_size\x18\x08 \x01(\x03\x12\x30\n\x0cwindow_start\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05onset\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06metric\x18\x0c \x01(\t\x12\r\n\x05value\x18\r \x01(\x01\x12\x11\n\tthreshold\x18\x0e \x01(\x01\x12\x31\n\x07\x63olumns\x18\x0f \x03(\x0b\x32 .loopline.monitor.v1.ColumnDrift\x12>\n\x07metrics\x18\x10 \x03(\x0b\x32-.loopline.monitor.v1.AlertRaised.MetricsEntry\x12\x12\n\nreport_uri\x18\x11 \x01(\t\x12\x17\n\x0freport_json_uri\x18\x12 \x01(\t\x12\x0e\n\x06repeat\x18\x13 \x01(\x03\x12\x0f\n\x07variant\x18\x14 \x01(\t\x12\x12\n\nepisode_id\x18\x15 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb2\x01\n\rAlertResolved\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nepisode_id\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x0e\n\x06window\x18\x07 \x01(\t\"w\n\x0b\x43olumnDrift\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x13\n\x0b\x63olumn_type\x18\x02 \x01(\t\x12\x10\n\x08stattest\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\"\xd0\x04\n\x0fWindowEvaluated\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x0e\n\x06window\x18\x04 \x01(\t\x12\x13\n\x0bwindow_size\x18\x05 \x01(\x03\x12\x30\n\x0cwindow_start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nwindow_end\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x07\x63olumns\x18\x08 \x03(\x0b\x32 .loopline.monitor.v1.ColumnDrift\x12\x34\n\nprediction\x18\t \x01(\x0b\x32 .loopline.monitor.v1.ColumnDrift\x12\x13\n\x0b\x64rift_share\x18\n \x01(\x01\x12\x15\n\rdataset_drift\x18\x0b \x01(\x08\x12\x42\n\x07metrics\x18\x0c \x03(\x0b\x32\x31.loopline.monitor.v1.WindowEvaluated.MetricsEntry\x12\x0f\n\x07variant\x18\r \x01(\t\x12\x12\n\nreport_uri\x18\x0e \x01(\t\x12\x17\n\x0freport_json_uri\x18\x0f \x01(\t\x12\x0f\n\x07\x63rossed\x18\x10 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._loaded_options = None
   _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_options = b'8\001'
-  _globals['_DRIFTALERTRAISED']._serialized_start=93
-  _globals['_DRIFTALERTRAISED']._serialized_end=421
-  _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_start=369
-  _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_end=421
-  _globals['_ARTIFACTREFUSED']._serialized_start=424
-  _globals['_ARTIFACTREFUSED']._serialized_end=629
+  _globals['_ALERTRAISED_METRICSENTRY']._loaded_options = None
+  _globals['_ALERTRAISED_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_WINDOWEVALUATED_METRICSENTRY']._loaded_options = None
+  _globals['_WINDOWEVALUATED_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_DRIFTALERTRAISED']._serialized_start=126
+  _globals['_DRIFTALERTRAISED']._serialized_end=454
+  _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_start=402
+  _globals['_DRIFTALERTRAISED_FEATURESCORESENTRY']._serialized_end=454
+  _globals['_ARTIFACTREFUSED']._serialized_start=457
+  _globals['_ARTIFACTREFUSED']._serialized_end=662
+  _globals['_ALERTRAISED']._serialized_start=665
+  _globals['_ALERTRAISED']._serialized_end=1312
+  _globals['_ALERTRAISED_METRICSENTRY']._serialized_start=1266
+  _globals['_ALERTRAISED_METRICSENTRY']._serialized_end=1312
+  _globals['_ALERTRESOLVED']._serialized_start=1315
+  _globals['_ALERTRESOLVED']._serialized_end=1493
+  _globals['_COLUMNDRIFT']._serialized_start=1495
+  _globals['_COLUMNDRIFT']._serialized_end=1614
+  _globals['_WINDOWEVALUATED']._serialized_start=1617
+  _globals['_WINDOWEVALUATED']._serialized_end=2209
+  _globals['_WINDOWEVALUATED_METRICSENTRY']._serialized_start=1266
+  _globals['_WINDOWEVALUATED_METRICSENTRY']._serialized_end=1312
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from loopline.common.v1 import metadata_pb2 as _metadata_pb2
 import builtins as _builtins
@@ -21,7 +22,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class DriftAlertRaised(_message.Message):
-    """DriftAlertRaised says a model's inputs drifted from its training reference."""
+    """DriftAlertRaised says a model's inputs drifted from its training reference. Superseded by
+    AlertRaised (kind "feature_drift"), which the monitor publishes instead; consumers still read it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -129,3 +132,315 @@ class ArtifactRefused(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ArtifactRefused: _TypeAlias = ArtifactRefused  # noqa: Y015
+
+@_typing.final
+class AlertRaised(_message.Message):
+    """AlertRaised is one alert of any kind about one served model version. The monitor raises it after N
+    of the last M evaluations crossed the condition (hysteresis), once per (model, version, kind) and
+    episode, again every repeat interval while it holds, never while silenced; AlertResolved ends it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    ONSET_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    REPORT_URI_FIELD_NUMBER: _builtins.int
+    REPORT_JSON_URI_FIELD_NUMBER: _builtins.int
+    REPEAT_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    EPISODE_ID_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    kind: _builtins.str
+    """"feature_drift", "prediction_drift", "performance", "data_quality", "latency", "error_rate" or
+    "consumer_lag".
+    """
+    severity: _builtins.str
+    """"warning" or "critical"."""
+    summary: _builtins.str
+    """One line for a human: what crossed what."""
+    window: _builtins.str
+    """The window evaluated: its spec ("count:1000/250", "time:600s/60s", "labels:500") and bounds
+    (event time of the oldest and newest prediction in it).
+    """
+    window_size: _builtins.int
+    metric: _builtins.str
+    """The headline figure and the threshold it crossed (drift: the share of drifted columns)."""
+    value: _builtins.float
+    threshold: _builtins.float
+    report_uri: _builtins.str
+    """s3:// URIs of the Evidently report (HTML and JSON) of the window that raised it."""
+    report_json_uri: _builtins.str
+    repeat: _builtins.int
+    """1 for the first alert of an episode, 2, 3 ... for its repeats."""
+    variant: _builtins.str
+    """The variant the figures are about ("" for all of the version's traffic)."""
+    episode_id: _builtins.str
+    """The event id of the episode's first alert (its own id when repeat is 1)."""
+    @_builtins.property
+    def metadata(self) -> _metadata_pb2.EventMetadata: ...
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def onset(self) -> _timestamp_pb2.Timestamp:
+        """When the condition began: the end of the last evaluation that did not cross it (or the start of
+        the first that did), so a retrain can use data from here on only.
+        """
+
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnDrift]:
+        """Drift: every column's test, as Evidently's data drift preset decides it."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Other figures of the window (performance metrics, rates)."""
+
+    def __init__(
+        self,
+        *,
+        metadata: _metadata_pb2.EventMetadata | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        window: _builtins.str = ...,
+        window_size: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        onset: _timestamp_pb2.Timestamp | None = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        columns: _abc.Iterable[Global___ColumnDrift] | None = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        report_uri: _builtins.str = ...,
+        report_json_uri: _builtins.str = ...,
+        repeat: _builtins.int = ...,
+        variant: _builtins.str = ...,
+        episode_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "onset", b"onset", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "episode_id", b"episode_id", "kind", b"kind", "metadata", b"metadata", "metric", b"metric", "metrics", b"metrics", "model_name", b"model_name", "model_version", b"model_version", "onset", b"onset", "repeat", b"repeat", "report_json_uri", b"report_json_uri", "report_uri", b"report_uri", "severity", b"severity", "summary", b"summary", "threshold", b"threshold", "value", b"value", "variant", b"variant", "window", b"window", "window_end", b"window_end", "window_size", b"window_size", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertRaised: _TypeAlias = AlertRaised  # noqa: Y015
+
+@_typing.final
+class AlertResolved(_message.Message):
+    """AlertResolved ends an alert episode: the condition stayed clear for N of the last M evaluations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    EPISODE_ID_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    kind: _builtins.str
+    episode_id: _builtins.str
+    summary: _builtins.str
+    window: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _metadata_pb2.EventMetadata: ...
+    def __init__(
+        self,
+        *,
+        metadata: _metadata_pb2.EventMetadata | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        episode_id: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        window: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["episode_id", b"episode_id", "kind", b"kind", "metadata", b"metadata", "model_name", b"model_name", "model_version", b"model_version", "summary", b"summary", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AlertResolved: _TypeAlias = AlertResolved  # noqa: Y015
+
+@_typing.final
+class ColumnDrift(_message.Message):
+    """ColumnDrift is one column's drift test, chosen and decided as Evidently 0.7's data drift preset does."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    COLUMN_TYPE_FIELD_NUMBER: _builtins.int
+    STATTEST_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    DRIFTED_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    column_type: _builtins.str
+    """"num" or "cat"."""
+    stattest: _builtins.str
+    """"wasserstein", "ks", "chisquare", "z", "jensenshannon", "psi" or "kl_div"."""
+    score: _builtins.float
+    """A p-value (ks, chisquare, z: drift below the threshold) or a distance (drift at or above it)."""
+    threshold: _builtins.float
+    drifted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        column_type: _builtins.str = ...,
+        stattest: _builtins.str = ...,
+        score: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        drifted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "column_type", b"column_type", "drifted", b"drifted", "score", b"score", "stattest", b"stattest", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnDrift: _TypeAlias = ColumnDrift  # noqa: Y015
+
+@_typing.final
+class WindowEvaluated(_message.Message):
+    """WindowEvaluated is the monitor's record of one evaluated window of one model version: drift per
+    column and of the predictions, data quality, and, where labels have arrived, performance. Published
+    on loopline.monitor.evaluations, keyed by model name (the demo's report reads it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    WINDOW_SIZE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    DRIFT_SHARE_FIELD_NUMBER: _builtins.int
+    DATASET_DRIFT_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    REPORT_URI_FIELD_NUMBER: _builtins.int
+    REPORT_JSON_URI_FIELD_NUMBER: _builtins.int
+    CROSSED_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    window: _builtins.str
+    window_size: _builtins.int
+    drift_share: _builtins.float
+    dataset_drift: _builtins.bool
+    variant: _builtins.str
+    report_uri: _builtins.str
+    report_json_uri: _builtins.str
+    @_builtins.property
+    def metadata(self) -> _metadata_pb2.EventMetadata: ...
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnDrift]: ...
+    @_builtins.property
+    def prediction(self) -> Global___ColumnDrift: ...
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Performance over labelled rows (auc_roc, auc_pr, precision, recall, calibration_error, label_coverage,
+        label_delay_p50_s ...) and quality rates (null_rate, out_of_range_rate ...); absent when not computed.
+        """
+
+    @_builtins.property
+    def crossed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The alert kinds this evaluation found crossed (before hysteresis)."""
+
+    def __init__(
+        self,
+        *,
+        metadata: _metadata_pb2.EventMetadata | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        window: _builtins.str = ...,
+        window_size: _builtins.int = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        columns: _abc.Iterable[Global___ColumnDrift] | None = ...,
+        prediction: Global___ColumnDrift | None = ...,
+        drift_share: _builtins.float = ...,
+        dataset_drift: _builtins.bool = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        variant: _builtins.str = ...,
+        report_uri: _builtins.str = ...,
+        report_json_uri: _builtins.str = ...,
+        crossed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "prediction", b"prediction", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "crossed", b"crossed", "dataset_drift", b"dataset_drift", "drift_share", b"drift_share", "metadata", b"metadata", "metrics", b"metrics", "model_name", b"model_name", "model_version", b"model_version", "prediction", b"prediction", "report_json_uri", b"report_json_uri", "report_uri", b"report_uri", "variant", b"variant", "window", b"window", "window_end", b"window_end", "window_size", b"window_size", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WindowEvaluated: _TypeAlias = WindowEvaluated  # noqa: Y015

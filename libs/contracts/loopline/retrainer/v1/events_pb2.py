@@ -22,18 +22,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from loopline.common.v1 import metadata_pb2 as loopline_dot_common_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"loopline/retrainer/v1/events.proto\x12\x15loopline.retrainer.v1\x1a!loopline/common/v1/metadata.proto\"\x89\x02\n\x0eRolloutDecided\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x18\n\x10\x63hampion_version\x18\x03 \x01(\x03\x12\x1a\n\x12\x63hallenger_version\x18\x04 \x01(\x03\x12\x10\n\x08\x64\x65\x63ision\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x35\n\x07signals\x18\x08 \x03(\x0b\x32$.loopline.retrainer.v1.RolloutSignal\x12\x11\n\telapsed_s\x18\t \x01(\x01\"\xcd\x01\n\rRolloutSignal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchampion_n\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hampion_events\x18\x03 \x01(\x03\x12\x14\n\x0c\x63hallenger_n\x18\x04 \x01(\x03\x12\x19\n\x11\x63hallenger_events\x18\x05 \x01(\x03\x12\x13\n\x0bworse_ratio\x18\x06 \x01(\x01\x12\x17\n\x0fnot_worse_ratio\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12\x0f\n\x07verdict\x18\t \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"loopline/retrainer/v1/events.proto\x12\x15loopline.retrainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!loopline/common/v1/metadata.proto\"\x89\x02\n\x0eRolloutDecided\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x18\n\x10\x63hampion_version\x18\x03 \x01(\x03\x12\x1a\n\x12\x63hallenger_version\x18\x04 \x01(\x03\x12\x10\n\x08\x64\x65\x63ision\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0c\n\x04mode\x18\x07 \x01(\t\x12\x35\n\x07signals\x18\x08 \x03(\x0b\x32$.loopline.retrainer.v1.RolloutSignal\x12\x11\n\telapsed_s\x18\t \x01(\x01\"\xcd\x01\n\rRolloutSignal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchampion_n\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hampion_events\x18\x03 \x01(\x03\x12\x14\n\x0c\x63hallenger_n\x18\x04 \x01(\x03\x12\x19\n\x11\x63hallenger_events\x18\x05 \x01(\x03\x12\x13\n\x0bworse_ratio\x18\x06 \x01(\x01\x12\x17\n\x0fnot_worse_ratio\x18\x07 \x01(\x01\x12\x11\n\tthreshold\x18\x08 \x01(\x01\x12\x0f\n\x07verdict\x18\t \x01(\t\"\x8a\x02\n\x0eRetrainDecided\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07trigger\x18\x05 \x01(\t\x12\x10\n\x08\x65vidence\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x61use_event_id\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0c\n\x04mode\x18\t \x01(\t\x12\x30\n\x0cwindow_start\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loopline.retrainer.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLLOUTDECIDED']._serialized_start=97
-  _globals['_ROLLOUTDECIDED']._serialized_end=362
-  _globals['_ROLLOUTSIGNAL']._serialized_start=365
-  _globals['_ROLLOUTSIGNAL']._serialized_end=570
+  _globals['_ROLLOUTDECIDED']._serialized_start=130
+  _globals['_ROLLOUTDECIDED']._serialized_end=395
+  _globals['_ROLLOUTSIGNAL']._serialized_start=398
+  _globals['_ROLLOUTSIGNAL']._serialized_end=603
+  _globals['_RETRAINDECIDED']._serialized_start=606
+  _globals['_RETRAINDECIDED']._serialized_end=872
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from loopline.common.v1 import metadata_pb2 as _metadata_pb2
 import builtins as _builtins
@@ -118,3 +119,60 @@ class RolloutSignal(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RolloutSignal: _TypeAlias = RolloutSignal  # noqa: Y015
+
+@_typing.final
+class RetrainDecided(_message.Message):
+    """RetrainDecided records one decision of the retraining policy: a request made, or a trigger skipped
+    and why. Published on the model events topic (x-loopline-type says which kind), keyed by model name;
+    `loopline retrain history <model>` reads them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    decision: _builtins.str
+    """"requested", "waiting" (for enough data since the onset) or "skipped"."""
+    reason: _builtins.str
+    trigger: _builtins.str
+    """The trigger kind ("feature_drift", "performance", "label_volume", "schedule" ...) and its evidence (JSON)."""
+    evidence: _builtins.str
+    cause_event_id: _builtins.str
+    """The event that triggered it (an alert id; empty for a schedule) and the request made (if any)."""
+    request_id: _builtins.str
+    mode: _builtins.str
+    """"full" or "warm_start"."""
+    @_builtins.property
+    def metadata(self) -> _metadata_pb2.EventMetadata: ...
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        metadata: _metadata_pb2.EventMetadata | None = ...,
+        model_name: _builtins.str = ...,
+        decision: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        trigger: _builtins.str = ...,
+        evidence: _builtins.str = ...,
+        cause_event_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_event_id", b"cause_event_id", "decision", b"decision", "evidence", b"evidence", "metadata", b"metadata", "mode", b"mode", "model_name", b"model_name", "reason", b"reason", "request_id", b"request_id", "trigger", b"trigger", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrainDecided: _TypeAlias = RetrainDecided  # noqa: Y015

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loopline.common.v1 import metadata_pb2 as loopline_dot_common_dot_v1_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loopline/trainer/v1/events.proto\x12\x13loopline.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!loopline/common/v1/metadata.proto\"\xbb\x02\n\x11TrainingRequested\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x42\n\x06params\x18\x06 \x03(\x0b\x32\x32.loopline.trainer.v1.TrainingRequested.ParamsEntry\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08has_seed\x18\x08 \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf1\x02\n\x11TrainingCompleted\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tsucceeded\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x44\n\x07metrics\x18\x06 \x03(\x0b\x32\x33.loopline.trainer.v1.TrainingCompleted.MetricsEntry\x12\x16\n\x0e\x64\x61taset_digest\x18\x07 \x01(\t\x12\x18\n\x10request_event_id\x18\x08 \x01(\t\x12\x13\n\x0bgate_passed\x18\t \x01(\x08\x12\x14\n\x0cgate_summary\x18\n \x01(\t\x12\r\n\x05stage\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loopline/trainer/v1/events.proto\x12\x13loopline.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!loopline/common/v1/metadata.proto\"\xac\x03\n\x11TrainingRequested\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x42\n\x06params\x18\x06 \x03(\x0b\x32\x32.loopline.trainer.v1.TrainingRequested.ParamsEntry\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08has_seed\x18\x08 \x01(\x08\x12\x30\n\x0cwindow_start\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07trigger\x18\n \x01(\t\x12\x10\n\x08\x65vidence\x18\x0b \x01(\t\x12\x1a\n\x12warm_start_version\x18\x0c \x01(\x03\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf1\x02\n\x11TrainingCompleted\x12\x33\n\x08metadata\x18\x01 \x01(\x0b\x32!.loopline.common.v1.EventMetadata\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tsucceeded\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x44\n\x07metrics\x18\x06 \x03(\x0b\x32\x33.loopline.trainer.v1.TrainingCompleted.MetricsEntry\x12\x16\n\x0e\x64\x61taset_digest\x18\x07 \x01(\t\x12\x18\n\x10request_event_id\x18\x08 \x01(\t\x12\x13\n\x0bgate_passed\x18\t \x01(\x08\x12\x14\n\x0cgate_summary\x18\n \x01(\t\x12\r\n\x05stage\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,11 +38,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGCOMPLETED_METRICSENTRY']._loaded_options = None
   _globals['_TRAININGCOMPLETED_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGREQUESTED']._serialized_start=126
-  _globals['_TRAININGREQUESTED']._serialized_end=441
-  _globals['_TRAININGREQUESTED_PARAMSENTRY']._serialized_start=396
-  _globals['_TRAININGREQUESTED_PARAMSENTRY']._serialized_end=441
-  _globals['_TRAININGCOMPLETED']._serialized_start=444
-  _globals['_TRAININGCOMPLETED']._serialized_end=813
-  _globals['_TRAININGCOMPLETED_METRICSENTRY']._serialized_start=767
-  _globals['_TRAININGCOMPLETED_METRICSENTRY']._serialized_end=813
+  _globals['_TRAININGREQUESTED']._serialized_end=554
+  _globals['_TRAININGREQUESTED_PARAMSENTRY']._serialized_start=509
+  _globals['_TRAININGREQUESTED_PARAMSENTRY']._serialized_end=554
+  _globals['_TRAININGCOMPLETED']._serialized_start=557
+  _globals['_TRAININGCOMPLETED']._serialized_end=926
+  _globals['_TRAININGCOMPLETED_METRICSENTRY']._serialized_start=880
+  _globals['_TRAININGCOMPLETED_METRICSENTRY']._serialized_end=926
 # @@protoc_insertion_point(module_scope)

@@ -54,12 +54,23 @@ class TrainingRequested(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     HAS_SEED_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    WARM_START_VERSION_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     dataset: _builtins.str
     reason: _builtins.str
     seed: _builtins.int
     """0 is a valid seed: a request that leaves it unset gets the trainer's configured seed (has_seed says which)."""
     has_seed: _builtins.bool
+    trigger: _builtins.str
+    """What asked for it: "feature_drift", "prediction_drift", "performance", "label_volume", "schedule"
+    or "manual", and the evidence as JSON (alert ids, windows, figures).
+    """
+    evidence: _builtins.str
+    warm_start_version: _builtins.int
+    """Warm start: begin from this version's weights instead of the seed's (0: a full retrain)."""
     @_builtins.property
     def metadata(self) -> _metadata_pb2.EventMetadata: ...
     @_builtins.property
@@ -68,6 +79,12 @@ class TrainingRequested(_message.Message):
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """The training set is built as of this time (labels known then); unset: the request's occurred_at,
         so a redelivered request trains on the same data.
+        """
+
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Train only on events at or after this time (a drift's onset): a model retrained on data from
+        before the drift learns the old world again. Unset: no lower bound.
         """
 
     def __init__(
@@ -81,10 +98,14 @@ class TrainingRequested(_message.Message):
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
         has_seed: _builtins.bool = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        trigger: _builtins.str = ...,
+        evidence: _builtins.str = ...,
+        warm_start_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "metadata", b"metadata", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "has_seed", b"has_seed", "metadata", b"metadata", "model_name", b"model_name", "params", b"params", "reason", b"reason", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "evidence", b"evidence", "has_seed", b"has_seed", "metadata", b"metadata", "model_name", b"model_name", "params", b"params", "reason", b"reason", "seed", b"seed", "trigger", b"trigger", "warm_start_version", b"warm_start_version", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
