@@ -15,7 +15,7 @@ from loopline_ml.drift import reference
 from loopline_ml.provenance import dir_digest
 
 from loopline_trainer.domain.snapshot import Snapshot, decode
-from loopline_trainer.domain.training import Fitted, Params, Split, fit, time_split
+from loopline_trainer.domain.training import Fitted, Params, Split, Weights, fit, time_split, window
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,12 @@ class Trained:
     artifact_digest: str
 
 
-def train_to_dir(snap: Snapshot, params: Params, into: Path) -> Trained:
-    """Window, split, fit and save the torch artifact into ``into``; the snapshot must be trainable."""
-    rows = snap.tail(params.window_rows)
+def train_to_dir(snap: Snapshot, params: Params, into: Path, init: Weights | None = None) -> Trained:
+    """Window, split, fit (from ``init`` for a warm start) and save the torch artifact into ``into``; the
+    snapshot must be trainable."""
+    rows = window(snap, params)
     split = time_split(len(rows), params.holdout, params.validation)
-    fitted = fit(rows, split, params)
+    fitted = fit(rows, split, params, init)
     artifact.save(into, fitted.model, reference(rows.x[split.train], rows.feature_names))
     return Trained(rows, split, fitted, dir_digest(into))
 

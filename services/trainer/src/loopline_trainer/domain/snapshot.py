@@ -37,6 +37,14 @@ class Snapshot:
         return Snapshot(self.feature_names, self.x[-n:], self.y[-n:], self.event_time[-n:],
                         {k: v[-n:] for k, v in self.strings.items()})
 
+    def since(self, start: float) -> Snapshot:
+        """The rows whose event time is at or after ``start`` (epoch seconds; all of them when it is 0)."""
+        if start <= 0:
+            return self
+        keep = self.event_time >= start
+        return Snapshot(self.feature_names, self.x[keep], self.y[keep], self.event_time[keep],
+                        {k: v[keep] for k, v in self.strings.items()})
+
     def columns(self, rows: slice) -> dict[str, np.ndarray]:
         """Feature and string columns by name, for slicing the evaluation."""
         out = {n: self.x[rows, i] for i, n in enumerate(self.feature_names)}

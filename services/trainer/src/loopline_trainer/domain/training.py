@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -31,36 +32,57 @@ class Params:
     holdout: float
     validation: float
     window_rows: int = 0
+    window_start: float = 0.0
+    """Epoch seconds: only rows with an event time at or after it (0: no lower bound)."""
+    warm_start_version: int = 0
+    """The version whose weights the network starts from (0: the seed's initialisation)."""
 
     def as_strings(self) -> dict[str, str]:
-        """Every effective parameter, as the Run records it."""
-        return {"seed": str(self.seed), "hidden": ",".join(map(str, self.hidden)), "epochs": str(self.epochs),
-                "lr": repr(self.lr), "holdout": repr(self.holdout), "validation": repr(self.validation),
-                "window_rows": str(self.window_rows)}
+        """Every effective parameter, as the Run records it (the window start and warm start only when set,
+        so runs without them record what they always did)."""
+        out = {"seed": str(self.seed), "hidden": ",".join(map(str, self.hidden)), "epochs": str(self.epochs),
+               "lr": repr(self.lr), "holdout": repr(self.holdout), "validation": repr(self.validation),
+               "window_rows": str(self.window_rows)}
+        if self.window_start:
+            out["window_start"] = repr(self.window_start)
+            out["window_start_utc"] = datetime.fromtimestamp(self.window_start, UTC).isoformat()
+        if self.warm_start_version:
+            out["warm_start_version"] = str(self.warm_start_version)
+        return out
 
     @classmethod
     def from_strings(cls, p: Mapping[str, str]) -> Params:
         try:
             return cls(int(p["seed"]), tuple(int(h) for h in p["hidden"].split(",")), int(p["epochs"]),
-                       float(p["lr"]), float(p["holdout"]), float(p["validation"]), int(p.get("window_rows", "0")))
+                       float(p["lr"]), float(p["holdout"]), float(p["validation"]), int(p.get("window_rows", "0")),
+                       float(p.get("window_start", "0")), int(p.get("warm_start_version", "0")))
         except (KeyError, ValueError) as exc:
             raise invalid(f"recorded params are incomplete or malformed: {exc}") from exc
 
 
-def effective_params(spec: Training, requested: Mapping[str, str], seed: int | None) -> Params:
-    """The spec's defaults, overridden by the allow-listed request params; ``seed`` None: the spec's."""
+def effective_params(spec: Training, requested: Mapping[str, str], seed: int | None, *, window_start: float = 0.0,
+                     warm_start_version: int = 0) -> Params:
+    """The spec's defaults, overridden by the allow-listed request params; ``seed`` None: the spec's.
+    ``window_start`` and ``warm_start_version`` come from the request's own fields, never from its params."""
     try:
         hidden = tuple(int(h) for h in requested["hidden"].split(",")) if "hidden" in requested \
             else tuple(spec.hidden)
         params = Params(seed=spec.seed if seed is None else seed, hidden=hidden,
                         epochs=int(requested.get("epochs", spec.epochs)), lr=float(requested.get("lr", spec.lr)),
                         holdout=spec.holdout, validation=spec.validation,
-                        window_rows=int(requested.get("window_rows", "0") or 0))
+                        window_rows=int(requested.get("window_rows", "0") or 0), window_start=window_start,
+                        warm_start_version=warm_start_version)
     except ValueError as exc:
         raise invalid(f"bad training params {dict(requested)}: {exc}") from exc
-    if params.epochs <= 0 or params.lr <= 0 or not params.hidden or min(params.hidden) <= 0 or params.window_rows < 0:
+    if params.epochs <= 0 or params.lr <= 0 or not params.hidden or min(params.hidden) <= 0 or params.window_rows < 0 \
+            or params.window_start < 0 or params.warm_start_version < 0:
         raise invalid(f"training params out of range: {params.as_strings()}")
     return params
+
+
+def window(snap: Snapshot, params: Params) -> Snapshot:
+    """The rows a run trains on: those at or after the window start, then the newest ``window_rows`` of them."""
+    return snap.since(params.window_start).tail(params.window_rows)
 
 
 @dataclass(frozen=True)
@@ -80,11 +102,12 @@ def time_split(n: int, holdout: float, validation: float) -> Split:
     return Split(slice(0, val_start), slice(val_start, test_start), slice(test_start, n))
 
 
-def check_trainable(snap: Snapshot, split: Split, min_rows: int, min_positives: int) -> None:
+def check_trainable(snap: Snapshot, split: Split, min_rows: int, min_positives: int, since: float = 0.0) -> None:
     y = snap.y
     positives = int(y.sum())
     if len(y) < min_rows or positives < min_positives:
-        raise invalid(f"training set too small: {len(y)} rows, {positives} positive "
+        window = f" since the window start {datetime.fromtimestamp(since, UTC).isoformat()}" if since else ""
+        raise invalid(f"training set too small{window}: {len(y)} rows, {positives} positive "
                       f"(needs {min_rows} rows, {min_positives} positive)")
     for name, part in (("training", split.train), ("test", split.test)):
         py = y[part]
@@ -99,15 +122,28 @@ class Fitted:
     validation_losses: list[float]
 
 
-def fit(snap: Snapshot, split: Split, params: Params) -> Fitted:
+Weights = Mapping[str, torch.Tensor]
+"""A network's state dict: the starting point of a warm start."""
+
+
+def fit(snap: Snapshot, split: Split, params: Params, init: Weights | None = None) -> Fitted:
     """Full-batch Adam on class-weighted BCE over the training rows; the validation loss is measured
-    after each epoch (same weighting) and never feeds back into training."""
+    after each epoch (same weighting) and never feeds back into training.
+
+    ``init`` (a warm start) replaces the seed's initial weights; inputs are still scaled by this
+    window's mean and std, so the network adapts to the new scale rather than keeping the old one.
+    """
     torch.manual_seed(params.seed)
     torch.use_deterministic_algorithms(True)
     x, y = snap.x[split.train], snap.y[split.train]
     mean = x.mean(axis=0)
     std = x.std(axis=0) + 1e-6
     net = build_network(x.shape[1], list(params.hidden))
+    if init is not None:
+        try:
+            net.load_state_dict(dict(init))
+        except RuntimeError as exc:  # other layer shapes: the champion's architecture is not this run's
+            raise invalid(f"cannot warm start from v{params.warm_start_version}: {exc}") from exc
     m, s = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32))
     xt = (torch.from_numpy(x.astype(np.float32)) - m) / s
     yt = torch.from_numpy(y.astype(np.float32)).reshape(-1, 1)
