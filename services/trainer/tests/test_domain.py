@@ -16,7 +16,7 @@ from loopline_ml.gate import evaluate_gate
 from loopline_trainer.domain.exporting import build_exports
 from loopline_trainer.domain.lineage import train_to_dir
 from loopline_trainer.domain.snapshot import Snapshot
-from loopline_trainer.domain.training import Params, check_trainable, effective_params, time_split
+from loopline_trainer.domain.training import Params, check_trainable, effective_params, time_split, window
 
 FRAUD = specs.load(specs.default_dir(), "fraud")
 
@@ -145,6 +145,44 @@ def test_the_same_lineage_gives_bit_identical_artifacts(tmp_path: Path) -> None:
     assert len(a.fitted.losses) == len(a.fitted.validation_losses) == 40
     c = train_to_dir(snap, Params(**{**params.__dict__, "seed": 4}), tmp_path / "c")
     assert c.artifact_digest != a.artifact_digest
+
+
+def test_a_window_start_keeps_only_rows_from_it_on_before_window_rows() -> None:
+    snap = _snapshot()  # event times 0, 60, ... 35940
+    p = effective_params(FRAUD.training, {"window_rows": "100", "window_start": "1"}, 1, window_start=60.0 * 400)
+    assert p.window_start == 24000.0, "from the request's field, never from its params"
+    rows = window(snap, p)
+    assert len(rows) == 100 and rows.event_time.min() >= 24000.0
+    assert len(window(snap, Params(**{**p.__dict__, "window_rows": 0}))) == 200
+    recorded = p.as_strings()
+    assert recorded["window_start"] == "24000.0" and recorded["window_start_utc"].startswith("1970-01-01T06:40")
+    assert Params.from_strings(recorded) == p
+    assert "window_start" not in effective_params(FRAUD.training, {}, 1).as_strings(), "unset: not recorded"
+    late = window(snap, Params(**{**p.__dict__, "window_start": 60.0 * 590, "window_rows": 0}))
+    with pytest.raises(LooplineError) as err:
+        check_trainable(late, time_split(len(late), 0.25, 0.1), 200, 5, since=60.0 * 590)
+    assert err.value.kind.permanent and "since the window start 1970-01-01T09:50" in err.value.message
+
+
+def test_a_warm_start_begins_from_the_given_weights(tmp_path: Path) -> None:
+    snap = _snapshot()
+    champion = train_to_dir(snap, effective_params(FRAUD.training, {"epochs": "60"}, 1), tmp_path / "champion")
+    weights = champion.fitted.model.network.state_dict()
+    p = effective_params(FRAUD.training, {"epochs": "3"}, 2, warm_start_version=1)
+    assert p.as_strings()["warm_start_version"] == "1" and Params.from_strings(p.as_strings()) == p
+    warm = train_to_dir(snap, p, tmp_path / "warm", weights)
+    again = train_to_dir(snap, p, tmp_path / "again", weights)
+    cold = train_to_dir(snap, p, tmp_path / "cold")
+    assert warm.artifact_digest == again.artifact_digest, "a warm start is as reproducible as a seeded one"
+    assert warm.artifact_digest != cold.artifact_digest
+    # three epochs from the champion stay near it; three from the seed are far from both
+    first = next(iter(weights))
+    near = float((warm.fitted.model.network.state_dict()[first] - weights[first]).abs().max())
+    far = float((cold.fitted.model.network.state_dict()[first] - weights[first]).abs().max())
+    assert near < 0.1 < far
+    with pytest.raises(LooplineError) as err:
+        train_to_dir(snap, Params(**{**p.__dict__, "hidden": (4,)}), tmp_path / "other", weights)
+    assert err.value.kind.permanent and "cannot warm start from v1" in err.value.message
 
 
 def test_split_is_by_time_and_one_class_sets_are_refused() -> None:

@@ -181,3 +181,39 @@ async def test_bit_identical_rerun_of_a_recorded_run_from_its_lineage(
         v.run.params["seed"] = "8"
         other = refit(v.run, data, list(v.feature_names), Path(tmp) / "other")
         assert other.artifact_digest != v.run.artifact_digest
+
+
+async def test_a_window_start_and_a_warm_start_from_the_champion(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher) -> None:
+    svc, namer, bootstrap = await _start(isolated, services, publisher)
+    [first] = await _results(publisher, namer, bootstrap, [_request("run-full", seed=1, has_seed=True)], 1)
+    assert first.succeeded, first.error
+    registry = RegistryClient(svc.addr("registry"))
+    try:
+        await registry.set_alias("fraud", "champion", 1, actor="test", reason="the warm start's origin")
+        v1 = await registry.get("fraud", 1)
+        onset = (v1.run.data_from.seconds + v1.run.data_to.seconds) / 2
+        evidence = json.dumps({"alert_id": "a-1", "kind": "feature_drift"})
+        few = {"epochs": "5"}
+        results = await _results(publisher, namer, bootstrap, [
+            _request("run-window", seed=1, has_seed=True, window_start=timestamp(onset), trigger="feature_drift",
+                     evidence=evidence, params={"trigger": "forged", "window_start": "0"}),
+            _request("run-warm", seed=1, has_seed=True, warm_start_version=1, params=few),
+            _request("run-warm-again", seed=1, has_seed=True, warm_start_version=1, params=few),
+            _request("run-cold", seed=1, has_seed=True, params=few),
+            _request("run-late", seed=1, has_seed=True, window_start=timestamp(v1.run.data_to.seconds + 1))], 6)
+        by_run = {r.request_event_id: r for r in results}
+        assert all(by_run[r].succeeded for r in ("run-window", "run-warm", "run-warm-again", "run-cold"))
+        assert not by_run["run-late"].succeeded and "since the window start" in by_run["run-late"].error
+        window, warm, again, cold = [await registry.get("fraud", int(by_run[r].version))
+                                     for r in ("run-window", "run-warm", "run-warm-again", "run-cold")]
+    finally:
+        await registry.close()
+    # the window: only rows from the onset on, and the run says so (the request's params cannot say otherwise)
+    assert window.run.data_from.seconds >= int(onset) and window.metrics["dataset_rows"] < v1.metrics["dataset_rows"]
+    assert float(window.run.params["window_start"]) == onset
+    assert window.run.params["trigger"] == "feature_drift" and json.loads(window.run.params["evidence"])["alert_id"]
+    # a warm start from the champion's verified weights: reproducible, and not what the seed alone gives
+    assert warm.run.params["warm_start_version"] == "1" and "warm_start_version" not in cold.run.params
+    assert warm.dataset_digest == again.dataset_digest == cold.dataset_digest
+    assert warm.run.artifact_digest == again.run.artifact_digest != cold.run.artifact_digest

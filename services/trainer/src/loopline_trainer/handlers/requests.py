@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
-from loopline_core.errors import LooplineError
+from loopline_core.errors import LooplineError, invalid
 from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
 from loopline_core.kafka.codec import proto
@@ -33,7 +33,7 @@ from loopline_trainer.domain.exporting import build_exports
 from loopline_trainer.domain.lineage import train_to_dir
 from loopline_trainer.domain.record import Source, flat_metrics, run_record, slices
 from loopline_trainer.domain.snapshot import decode
-from loopline_trainer.domain.training import check_trainable, effective_params, time_split
+from loopline_trainer.domain.training import Weights, check_trainable, effective_params, time_split, window
 from loopline_trainer.metrics import RUNS, TRAIN_SECONDS
 
 log = logging.getLogger(__name__)
@@ -126,14 +126,19 @@ class TrainingHandler:
         ts = await self.features.training_set(view, req.dataset or view, as_of)
         names = list(ts.feature_names)
         snap = decode(await self.objects.get_bytes(*split_uri(ts.uri)), names, ts.digest)
-        params = effective_params(spec.training, dict(req.params), req.seed if req.has_seed else None)
-        rows = snap.tail(params.window_rows)
+        params = effective_params(spec.training, dict(req.params), req.seed if req.has_seed else None,
+                                  window_start=req.window_start.ToNanoseconds() / 1e9
+                                  if req.HasField("window_start") else 0.0,
+                                  warm_start_version=req.warm_start_version)
+        rows = window(snap, params)
         check_trainable(rows, time_split(len(rows), params.holdout, params.validation), spec.training.min_rows,
-                        spec.training.min_positives)
+                        spec.training.min_positives, since=params.window_start)
         with tempfile.TemporaryDirectory(prefix="loopline-train-") as tmp:
             work = Path(tmp)
+            init = await self._warm_start(name, params.warm_start_version, names, work / "warm") \
+                if params.warm_start_version else None
             with TRAIN_SECONDS.time():
-                trained = await asyncio.to_thread(train_to_dir, snap, params, work / "torch" / "model")
+                trained = await asyncio.to_thread(train_to_dir, snap, params, work / "torch" / "model", init)
             wall = time.perf_counter() - t0
             artifact_uri, sig_uri, key_id = await upload_signed(self.objects, self.key, work / "torch" / "model",
                                                                 f"{name}/{run_id}")
@@ -158,6 +163,8 @@ class TrainingHandler:
         src = Source(run_id, req.reason, req.dataset or view, ts.feature_view or view, ts.uri, ts.digest,
                      ts.manifest_uri, ts.as_of if ts.HasField("as_of") else as_of)
         run = run_record(src, params, code_version(), trained, started_at=started, wall_time_s=wall)
+        # beside the effective params, never over them: a request cannot rewrite provenance this way
+        run.params.update({k: v for k, v in _request_context(req).items() if k not in run.params})
         metrics = flat_metrics(results, trained, champion.version if champion else 0)
         log.info("trained", extra={"model": name, "run_id": run_id, "gate": gate.summary,
                                    "auc_roc": metrics.get("auc_roc")})
@@ -167,6 +174,26 @@ class TrainingHandler:
             gate=gate, run=run, slices=slices(results), exports=exports, model_card_uri=self._card_uri(name, run_id))
         registered: pb.ModelVersion = await self.registry.register(sent)
         return sent, registered
+
+    async def _warm_start(self, name: str, version: int, names: list[str], work: Path) -> Weights:
+        """The weights of ``version``'s verified artifact (loaded as the gate loads the champion). A
+        version that does not exist, is refused or has other features fails the run (permanent)."""
+        v = await self.registry.get(name, version)
+        try:
+            start = await fetch_verified(self.objects, self.trust, v.artifact_uri, v.signature_uri, v.signer_key_id,
+                                         work)
+        except LooplineError as exc:
+            if exc.kind.permanent and "refusal" in exc.details:
+                await report_refusal(self.publisher, self.namer, service="trainer", model=name, version=version,
+                                     artifact_uri=v.artifact_uri, signer_key_id=v.signer_key_id, error=exc)
+            if exc.kind.permanent:
+                raise invalid(f"cannot warm start from v{version}: {exc.message}") from exc
+            raise
+        if start.config.feature_names != names:
+            raise invalid(f"cannot warm start from v{version}: its features {start.config.feature_names} differ "
+                          f"from the training set's")
+        weights: Weights = start.network.state_dict()
+        return weights
 
     async def _champion_scores(self, name: str, names: list[str], x: np.ndarray,
                                work: Path) -> tuple[pb.ModelVersion | None, np.ndarray | None, str]:
@@ -191,3 +218,9 @@ class TrainingHandler:
         if current.config.feature_names != names:
             return champion, None, f"its features {current.config.feature_names} differ from the training set's"
         return champion, current.predict(x), ""
+
+
+
+def _request_context(req: TrainingRequested) -> dict[str, str]:
+    """What asked for the run ("trigger") and why ("evidence", JSON), recorded beside its params."""
+    return {k: v for k, v in (("trigger", req.trigger), ("evidence", req.evidence)) if v}
