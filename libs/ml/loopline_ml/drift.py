@@ -122,17 +122,39 @@ class _Pair:
     ref_n: int
     cur_n: int
     ref_unique: int
+    ref_std: float | None = None  # known up front for a raw sample: numpy's own std, as Evidently takes it
 
 
 def _pair(ref: Dist, cur: Dist) -> _Pair:
-    both = np.concatenate((ref.values, cur.values))
-    both.sort(kind="stable")  # two sorted runs: a merge
-    union = both[np.concatenate(([True], both[1:] != both[:-1]))] if both.size else both
-    r = np.zeros(union.size, np.int64)
-    c = np.zeros(union.size, np.int64)
-    r[np.searchsorted(union, ref.values)] = ref.counts
-    c[np.searchsorted(union, cur.values)] = cur.counts
-    return _Pair(union, r, c, ref.n, cur.n, ref.values.size)
+    return _merge(ref.values, ref.counts, cur.values, cur.counts)
+
+
+def _merge(ref_values: np.ndarray, ref_counts: np.ndarray | None, cur_values: np.ndarray,
+           cur_counts: np.ndarray | None) -> _Pair:
+    """Align two sorted value lists (counts None: each value once, a raw sorted sample). A stable argsort of
+    two sorted runs is one merge (timsort), and it tells which side each value came from; equal neighbours
+    are then folded into one slot."""
+    both = np.concatenate((ref_values, cur_values))
+    order = np.argsort(both, kind="stable")
+    merged = both[order]
+    from_ref = order < ref_values.size
+    if ref_counts is None or cur_counts is None:
+        r = from_ref.astype(np.int64)
+        c = 1 - r
+        ref_n, cur_n = ref_values.size, cur_values.size
+        ref_std = float(np.std(ref_values)) if ref_n else 0.0
+        ref_unique = 1 + int(np.count_nonzero(ref_values[1:] != ref_values[:-1])) if ref_values.size else 0
+    else:
+        counts = np.concatenate((ref_counts, cur_counts))[order]
+        r = np.where(from_ref, counts, 0)
+        c = counts - r
+        ref_n, cur_n = int(ref_counts.sum()), int(cur_counts.sum())
+        ref_unique = ref_values.size
+        ref_std = None
+    first = np.flatnonzero(np.concatenate(([True], merged[1:] != merged[:-1])))
+    if first.size < merged.size:  # values on both sides (or repeated in a raw sample): one slot each
+        merged, r, c = merged[first], np.add.reduceat(r, first), np.add.reduceat(c, first)
+    return _Pair(merged, r, c, ref_n, cur_n, ref_unique, ref_std)
 
 
 def default_stattest(ref_n: int, n_values: int, column_type: str) -> str:
@@ -163,7 +185,10 @@ def column_drift(column: str, ref: Dist, cur: Dist, column_type: str, stattest: 
         raise ValueError(f"column type must be 'num' or 'cat', got {column_type!r}")
     if ref.n == 0 or cur.n == 0:
         raise ValueError(f"an empty column {column!r} was given for drift calculation")
-    p = _pair(ref, cur)
+    return _test(column, _pair(ref, cur), column_type, stattest, threshold)
+
+
+def _test(column: str, p: _Pair, column_type: str, stattest: str | None, threshold: float | None) -> ColumnTest:
     if stattest is None:
         stattest = default_stattest(p.ref_n, p.union.size, column_type)
     elif stattest not in STATTESTS:
@@ -171,7 +196,7 @@ def column_drift(column: str, ref: Dist, cur: Dist, column_type: str, stattest: 
     elif column_type not in STATTESTS[stattest][1]:
         raise ValueError(f"stattest {stattest!r} does not apply to a {column_type} column")
     thr = STATTESTS[stattest][0] if threshold is None else threshold
-    score = _SCORES[stattest](p, ref, column_type)
+    score = _SCORES[stattest](p, column_type)
     return ColumnTest(column, column_type, stattest, score, thr, is_drifted(stattest, score, thr))
 
 
@@ -193,19 +218,26 @@ def drift_arrays(ref: np.ndarray, cur: np.ndarray, names: list[str], types: Mapp
                  drift_share: float = 0.5, stattests: Mapping[str, str] | None = None
                  ) -> tuple[list[ColumnTest], float, bool]:
     """:func:`drift` on raw ``(n, f)`` arrays, columns in ``names`` order; non-finite values are dropped per
-    column, as Evidently does. Each column is sorted once and turned into a :class:`Dist` in one pass."""
-    ref = np.asarray(ref, dtype=np.float64)
-    cur = np.asarray(cur, dtype=np.float64)
-    ref_d = {name: _dist_of_column(ref[:, i]) for i, name in enumerate(names)}
-    cur_d = {name: _dist_of_column(cur[:, i]) for i, name in enumerate(names)}
-    return drift(ref_d, cur_d, {name: types[name] for name in names}, drift_share, stattests)
+    column, as Evidently does. Each column is sorted once; the two sorted columns are merged, not re-sorted."""
+    ref_t = np.array(np.asarray(ref, dtype=np.float64).T, order="C")  # one copy; each column then sorts in place
+    cur_t = np.array(np.asarray(cur, dtype=np.float64).T, order="C")
+    chosen = stattests or {}
+    tests = []
+    for i, name in enumerate(names):
+        a, b = _sorted_finite(ref_t[i]), _sorted_finite(cur_t[i])
+        if types[name] not in ("num", "cat"):
+            raise ValueError(f"column type must be 'num' or 'cat', got {types[name]!r}")
+        if a.size == 0 or b.size == 0:
+            raise ValueError(f"an empty column {name!r} was given for drift calculation")
+        tests.append(_test(name, _merge(a, None, b, None), types[name], chosen.get(name), None))
+    return tests, *dataset_drift(tests, drift_share)
 
 
-def _dist_of_column(col: np.ndarray) -> Dist:
-    s = np.sort(col)  # a copy; NaN sorts last and infinities at the ends, so the ends tell
+def _sorted_finite(s: np.ndarray) -> np.ndarray:
+    s.sort()  # in place; NaN sorts last and infinities at the ends, so the ends tell
     if s.size and not (np.isfinite(s[0]) and np.isfinite(s[-1])):
         s = s[np.isfinite(s)]
-    return Dist.of_sorted(s)
+    return s
 
 
 # ---- the statistics -------------------------------------------------------------------------------------
@@ -244,32 +276,51 @@ def _fill_zeroes(shares: np.ndarray) -> None:
     np.place(shares, shares == 0, smallest / 10**6 if smallest <= 0.0001 else 0.0001)
 
 
-def _psi(p: _Pair, _ref: Dist, column_type: str) -> float:
+def _psi(p: _Pair, column_type: str) -> float:
     r, c = _shares(p, column_type, feel_zeroes=True)
     return float(np.sum((r - c) * np.log(r / c)))
 
 
-def _kl_div(p: _Pair, _ref: Dist, column_type: str) -> float:
+def _kl_div(p: _Pair, column_type: str) -> float:
     r, c = _shares(p, column_type, feel_zeroes=True)
     return float(stats.entropy(r, c))
 
 
-def _jensenshannon(p: _Pair, _ref: Dist, column_type: str) -> float:
+def _jensenshannon(p: _Pair, column_type: str) -> float:
     r, c = _shares(p, column_type, feel_zeroes=False)
     return float(distance.jensenshannon(r, c))
 
 
-def _wasserstein(p: _Pair, ref: Dist, _column_type: str) -> float:
+def _wasserstein(p: _Pair, _column_type: str) -> float:
     """scipy's ``wasserstein_distance`` (the integral of |U - V|) over the reference std, floored at 0.001."""
-    norm = max(ref.std(), 0.001)
-    u = np.cumsum(p.ref[:-1]) / p.ref_n
-    v = np.cumsum(p.cur[:-1]) / p.cur_n
-    return float(np.sum(np.abs(u - v) * np.diff(p.union)) / norm)
+    gaps = _ecdf_gaps(p)[:-1]
+    np.abs(gaps, out=gaps)
+    gaps *= np.diff(p.union)
+    return float(gaps.sum() / max(_ref_std(p), 0.001))
 
 
-def _ks(p: _Pair, _ref: Dist, _column_type: str) -> float:
+def _ref_std(p: _Pair) -> float:
+    if p.ref_std is not None:
+        return p.ref_std
+    mean = float(np.dot(p.union, p.ref)) / p.ref_n
+    dev = p.union - mean
+    dev *= dev
+    return math.sqrt(float(np.dot(dev, p.ref)) / p.ref_n)
+
+
+def _ecdf_gaps(p: _Pair) -> np.ndarray:
+    """U - V at every distinct value; counts are integers, so the float cumsums are exact."""
+    u = np.cumsum(p.ref, dtype=np.float64)
+    u /= p.ref_n
+    v = np.cumsum(p.cur, dtype=np.float64)
+    v /= p.cur_n
+    u -= v
+    return u
+
+
+def _ks(p: _Pair, _column_type: str) -> float:
     """The p-value of scipy's two-sided ``ks_2samp`` (method ``auto``) from the ECDFs' largest gap."""
-    gaps = np.cumsum(p.ref) / p.ref_n - np.cumsum(p.cur) / p.cur_n
+    gaps = _ecdf_gaps(p)
     d = max(float(np.clip(-gaps.min(), 0, 1)), float(gaps.max()))
     return ks_pvalue(d, p.ref_n, p.cur_n)
 
@@ -289,13 +340,13 @@ def ks_pvalue(d: float, n1: int, n2: int) -> float:
     return float(np.clip(prob, 0, 1))
 
 
-def _chisquare(p: _Pair, _ref: Dist, _column_type: str) -> float:
+def _chisquare(p: _Pair, _column_type: str) -> float:
     f_exp = p.ref * (p.cur_n / p.ref_n)
     with np.errstate(divide="ignore", invalid="ignore"):  # a category new in current: expected 0, p 0
         return float(stats.chisquare(p.cur.astype(np.float64), f_exp)[1])
 
 
-def _z(p: _Pair, ref: Dist, _column_type: str) -> float:
+def _z(p: _Pair, _column_type: str) -> float:
     """Two-proportion z-test on 'not the smallest value', as Evidently's ``_z_stat_test``."""
     if p.union.size == 1:
         return 1.0
