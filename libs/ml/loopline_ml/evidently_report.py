@@ -33,10 +33,10 @@ def render_report(ref: Mapping[str, Dist], cur: Mapping[str, Dist], types: Mappi
     return snapshot.get_html_str(as_iframe=False).encode(), snapshot.json().encode()
 
 
-def run_preset(ref: Mapping[str, Dist | np.ndarray], cur: Mapping[str, Dist | np.ndarray],
-               types: Mapping[str, str], per_column_method: Mapping[str, str] | None = None,
-               drift_share: float = 0.5) -> Any:
-    """Evidently's ``Report([DataDriftPreset(...)], include_tests=True)`` run; its ``Snapshot``."""
+def run_preset(ref: Mapping[str, Any], cur: Mapping[str, Any], types: Mapping[str, str],
+               per_column_method: Mapping[str, str] | None = None, drift_share: float = 0.5) -> Any:
+    """Evidently's ``Report([DataDriftPreset(...)], include_tests=True)`` run on columns given as Dists, arrays,
+    or a pandas DataFrame taken as it is; its ``Snapshot``."""
     from evidently import DataDefinition, Dataset, Report  # noqa: PLC0415 - slow import, rarely needed
     from evidently.presets import DataDriftPreset  # noqa: PLC0415
 
@@ -67,9 +67,11 @@ def read_drift(result: Mapping[str, Any], types: Mapping[str, str]) -> tuple[lis
     return tests, share, dataset
 
 
-def _frame(cols: Mapping[str, Dist | np.ndarray], types: Mapping[str, str]) -> Any:
+def _frame(cols: Mapping[str, Any], types: Mapping[str, str]) -> Any:
     import pandas as pd  # noqa: PLC0415
 
+    if isinstance(cols, pd.DataFrame):
+        return cols
     # rows in a fixed shuffled order: a sorted sample would draw Evidently's per-row plots as a ramp
     rng = np.random.default_rng(0)
     samples = {c: _rows(cols[c], rng) for c in types}
