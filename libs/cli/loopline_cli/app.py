@@ -20,6 +20,7 @@ from loopline_cli.docs import docs_app
 from loopline_cli.keys import keys_app
 from loopline_cli.models import model_app
 from loopline_cli.replay import replay_command
+from loopline_cli.retrain import retrain_app
 
 app = typer.Typer(help="Loopline: an event-driven MLOps platform.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -30,6 +31,7 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(docs_app, name="docs")
 app.add_typer(model_app, name="model")
 app.add_typer(keys_app, name="keys")
+app.add_typer(retrain_app, name="retrain")
 app.command("replay")(replay_command)
 console = Console(stderr=True)
 

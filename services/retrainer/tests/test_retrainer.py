@@ -1,21 +1,32 @@
-"""Retrainer as its own process: alert -> wait for fresh labels -> request; results -> promotion."""
+"""Retrainer as its own process: the retraining policy (alerts, label volume, schedule -> requested, waiting or
+skipped, each decision recorded and shown by `loopline retrain history`); results -> promotion."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
-from loopline.monitor.v1.events_pb2 import ArtifactRefused, DriftAlertRaised
+import yaml
+from loopline.monitor.v1.events_pb2 import AlertRaised, AlertResolved, ArtifactRefused, DriftAlertRaised
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
-from loopline_core.events import metadata
+from loopline_core.events import metadata, timestamp
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.registry import RegistryClient
+from loopline_ml import spec as specs
 from loopline_retrainer.domain.policy import Action, Candidate, decide, may_request
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet, register_signed_model, set_alias
+
+LOOPLINE = str(Path(sys.executable).parent / "loopline")
+ONSET = 1_790_000_000
 
 
 def _candidate(version: int = 2, *, passed: bool = True, against: int = 1, approval: bool = False,
@@ -48,62 +59,169 @@ async def _champion(addr: str) -> int:
         return int(r.version.version)
 
 
-async def test_alert_to_request_to_promotion(isolated: dict[str, str], services: Callable[..., ServiceSet],
-                                             publisher: Publisher) -> None:
+def _specs(into: Path) -> Path:
+    """Model specs for this test: fraud's, with retraining policies small enough to watch, and three more models."""
+    base = yaml.safe_load((specs.default_dir() / "fraud.yaml").read_text())
+    policies = {
+        "fraud": {"triggers": [{"kind": "feature_drift"}, {"kind": "performance", "min_severity": "critical"}],
+                  "cooldown_s": 0, "mode": "warm_start",
+                  "window": {"from_onset": True, "min_rows": 5, "max_rows": 900}},
+        "cool": {"triggers": [{"kind": "feature_drift"}], "cooldown_s": 3600, "window": {"min_rows": 0}},
+        "volume": {"triggers": [{"kind": "label_volume", "labels": 4}], "cooldown_s": 0},
+        "sched": {"triggers": [{"kind": "schedule", "every_s": 1}], "cooldown_s": 0}}
+    for name, policy in policies.items():
+        (into / f"{name}.yaml").write_text(yaml.safe_dump({**base, "name": name, "retraining": policy}))
+    return into
+
+
+def _raised(event_id: str, kind: str = "feature_drift", severity: str = "warning", *, model: str = "fraud",
+            episode: str = "", repeat: int = 1) -> AlertRaised:
+    return AlertRaised(metadata=metadata("test", event_id), model_name=model, model_version=1, kind=kind,
+                       severity=severity, summary="6 of 8 columns drifted", window="count:1000/250",
+                       onset=timestamp(ONSET), metric="drift_share", value=0.75, threshold=0.5,
+                       report_uri=f"s3://loopline-reports/{event_id}.html", repeat=repeat,
+                       episode_id=episode or event_id)
+
+
+@dataclass
+class Scene:
+    """The retrainer under test, and what the test sends it and reads from it."""
+
+    isolated: dict[str, str]
+    publisher: Publisher
+
+    def __post_init__(self) -> None:
+        self.namer = TopicNamer(self.isolated["LOOPLINE_TOPIC_PREFIX"])
+        self.bootstrap = self.isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
+        self.cli_env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOPLINE_")}, **self.isolated}
+        self.labels = self.namer.labels("transactions")
+        # Committed offsets say the retrainer's handlers ran for every alert, label and result published so
+        # far, so what is on the requests topic then is all it will ever publish for them (the schedule aside).
+        self.handled = {self.namer.group("retrainer"): [self.namer.alerts()],
+                        self.namer.group("retrainer-labels"): [self.labels],
+                        self.namer.group("retrainer-results"): [self.namer.training_results()]}
+
+    async def requested(self, model: str = "fraud") -> list[TrainingRequested]:
+        records = await quiet(self.bootstrap, self.namer.training_requests(), 0, wait_s=0, settled=self.handled)
+        return [r for r in (TrainingRequested.FromString(r.value) for r in records) if r.model_name == model]
+
+    async def label(self, event_id: str) -> None:
+        await self.publisher.publish(self.labels, json.dumps({"event_id": event_id, "label": 0}).encode(),
+                                     content_type="application/json")
+
+    async def alert(self, msg: AlertRaised | AlertResolved | DriftAlertRaised | ArtifactRefused) -> None:
+        await self.publisher.publish(self.namer.alerts(), msg.SerializeToString(), key=msg.model_name,
+                                     message_type=msg.DESCRIPTOR.full_name)
+
+    async def history(self, model: str, *args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(LOOPLINE, "retrain", "history", model, *args, env=self.cli_env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    async def decisions(self, model: str, count: int = 0) -> list[dict[str, Any]]:
+        """At least ``count`` decisions of ``model``, newest first, as ``loopline retrain history`` shows them."""
+        async with asyncio.timeout(60):
+            while len(rows := json.loads(await self.history(model, "--json"))) < count:
+                await asyncio.sleep(0.5)
+        return list(rows)
+
+
+async def test_the_retraining_policy_decides_and_every_decision_is_recorded(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher, tmp_path: Path) -> None:
     svc = services("registry", "retrainer", env={"retrainer": {
-        "LOOPLINE_RETRAINER_FRESH_LABELS": "5", "LOOPLINE_RETRAINER_COOLDOWN_S": "0"}})
+        "LOOPLINE_MODELS_DIR": str(_specs(tmp_path)), "LOOPLINE_RETRAINER_MODELS": '["fraud", "volume", "sched"]',
+        "LOOPLINE_RETRAINER_SCHEDULE_CHECK_S": "0.5"}})
     registry = svc.addr("registry")
-    namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
-    bootstrap = isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
     v1 = await register_signed_model(isolated, registry, "fraud", seed=1)
     await set_alias(registry, "fraud", "champion", v1.version)
-
-    labels = namer.labels("transactions")
-    # Committed offsets say the retrainer's handlers ran for every alert and label published so far,
-    # so what is on the requests topic then is all it will ever publish for them.
-    handled = {namer.group("retrainer"): [namer.alerts()], namer.group("retrainer-labels"): [labels]}
-
-    async def requested(expected: int = 0) -> list[TrainingRequested]:
-        return [TrainingRequested.FromString(r.value) for r in
-                await quiet(bootstrap, namer.training_requests(), expected, wait_s=0, settled=handled)]
-
-    async def label(event_id: str) -> None:
-        await publisher.publish(labels, json.dumps({"event_id": event_id, "label": 0}).encode(),
-                                content_type="application/json")
+    scene = Scene(isolated, publisher)
 
     for i in range(3):
-        await label(f"old-{i}")  # before the drift: not fresh
-    assert await requested() == []
+        await scene.label(f"old-{i}")  # before the alert: not fresh
+    assert await scene.requested() == []
 
-    alert = DriftAlertRaised(metadata=metadata("test", "alert-1"), model_name="fraud", model_version=1,
-                             statistic="psi", threshold=0.25, feature_scores={"amount": 0.9}, max_score=0.9)
-    await publisher.publish(namer.alerts(), alert.SerializeToString(), key="fraud")
-    await publisher.publish(namer.alerts(), alert.SerializeToString(), key="fraud")  # redelivered
-    assert await requested() == [], "waits for fresh labels"
-    log = svc.running["retrainer"].log.read_text()
-    assert log.count('"message": "retraining once fresh labels arrive"') == 1, "it is waiting, once"
-
+    await scene.alert(_raised("alert-1", episode="ep-1"))
+    await scene.alert(_raised("alert-1", episode="ep-1"))  # redelivered
+    assert await scene.requested() == [], "waits for labels since the alert"
     for i in range(4):
-        await label(f"e{i}")
-    await label("e0")  # a redelivered label counts once
-    assert await requested() == [], "4 of 5 fresh labels (the 3 older ones do not count): still waiting"
-    await label("e4")
-    requests = await requested(1)
-    assert len(requests) == 1
-    await label("e5")
-    assert await requested() == requests, "one request per alert"
-    req = requests[0]
-    assert req.model_name == "fraud" and "amount=0.90" in req.reason and req.params["window_rows"] == "3000"
+        await scene.label(f"e{i}")
+    await scene.label("e0")  # a redelivered label counts once
+    assert await scene.requested() == [], "4 of 5 labels since the alert (the 3 older ones do not count): waiting"
+    await scene.label("e4")
+    [req] = await scene.requested()
+    assert req.trigger == "feature_drift" and req.window_start.ToNanoseconds() == ONSET * 10**9
+    assert req.warm_start_version == v1.version and req.params["window_rows"] == "900"
+    evidence = json.loads(req.evidence)
+    assert evidence["alert_id"] == "alert-1" and evidence["severity"] == "warning"
+    assert evidence["report_uri"] == "s3://loopline-reports/alert-1.html" and evidence["metric"] == "drift_share"
+    assert "6 of 8 columns drifted" in req.reason and f"warm start from champion v{v1.version}" in req.reason
 
-    # an ArtifactRefused on the same topic is not a drift alert: no request follows from it
-    refused = ArtifactRefused(metadata=metadata("test", "refused-1"), model_name="fraud", model_version=1,
-                              service="inference", kind="tampered", reason="test")
-    await publisher.publish(namer.alerts(), refused.SerializeToString(), key="fraud",
-                            message_type="loopline.monitor.v1.ArtifactRefused")
-    await label("e6")
-    assert await requested() == requests, "another kind of alert starts no training"
+    await _skips(scene, req, tmp_path)
+    await _label_volume_cooldown_and_schedule(scene)
+    await _promotions(isolated, registry, publisher, scene.namer, req.metadata.event_id)
 
-    await _promotions(isolated, registry, publisher, namer, req.metadata.event_id)
+
+async def _skips(scene: Scene, req: TrainingRequested, specs_dir: Path) -> None:
+    """Each skipped, and why: a repeat of the episode, a kind not configured, too mild, one already in flight."""
+    await scene.alert(_raised("alert-2", episode="ep-1", repeat=2))
+    await scene.alert(_raised("alert-3", "latency", "critical"))
+    await scene.alert(_raised("alert-4", "performance", "warning"))
+    await scene.alert(_raised("alert-5", episode="ep-5"))
+    await scene.alert(DriftAlertRaised(metadata=metadata("test", "alert-6"), model_name="fraud", model_version=1,
+                                       statistic="psi", threshold=0.25, feature_scores={"amount": 0.9}, max_score=0.9))
+    # not alerts to act on: skipped by their type header, no decision at all
+    await scene.alert(AlertResolved(metadata=metadata("test", "resolved-1"), model_name="fraud",
+                                    kind="feature_drift", episode_id="ep-1"))
+    await scene.alert(ArtifactRefused(metadata=metadata("test", "refused-1"), model_name="fraud", model_version=1,
+                                      service="inference", kind="tampered", reason="test"))
+    await scene.alert(_raised("alert-7", model="nospec"))
+    await scene.label("e5")
+    assert await scene.requested() == [req], "one request for the episode"
+
+    rows = await scene.decisions("fraud", 7)
+    assert [(r["decision"], r["cause_event_id"]) for r in rows][::-1] == [
+        ("waiting", "alert-1"), ("requested", "alert-1"), ("skipped", "alert-2"), ("skipped", "alert-3"),
+        ("skipped", "alert-4"), ("skipped", "alert-5"), ("skipped", "alert-6")]
+    why = {r["cause_event_id"]: r["reason"] for r in rows if r["decision"] == "skipped"}
+    assert "repeat 2 of alert episode ep-1" in why["alert-2"] and "latency is not configured" in why["alert-3"]
+    assert "below critical" in why["alert-4"] and "in flight" in why["alert-5"] and "in flight" in why["alert-6"]
+    made = next(r for r in rows if r["decision"] == "requested")
+    assert made["request_id"] == req.metadata.event_id and made["mode"] == "warm_start"
+    assert made["window_start"] and made["evidence"]["alert_id"] == "alert-1"
+    assert [r["reason"] for r in await scene.decisions("nospec", 1)] == [
+        f"model 'nospec' has no spec ({specs_dir / 'nospec.yaml'} does not exist)"]
+    table = await scene.history("fraud", "--limit", "3")
+    assert "retraining decisions for fraud" in table
+    assert "alert-6" in table and "alert-5" in table and "alert-1" not in table, "newest first, --limit 3"
+
+
+async def _label_volume_cooldown_and_schedule(scene: Scene) -> None:
+    # label volume: 4 labels since the last run (none yet); later, with that run in flight, skipped once
+    [by_volume] = await scene.requested("volume")
+    assert by_volume.trigger == "label_volume" and not by_volume.HasField("window_start")
+    volume = await scene.decisions("volume", 2)
+    assert [(r["decision"], r["reason"].startswith("a training run is already in flight")) for r in volume][::-1] \
+        == [("requested", False), ("skipped", True)]
+
+    # the cool-down: a run finished, the next alert comes too soon
+    await scene.alert(_raised("cool-1", model="cool"))
+    [cool] = await scene.requested("cool")
+    assert cool.trigger == "feature_drift" and cool.warm_start_version == 0, "mode full"
+    done = TrainingCompleted(metadata=metadata("test", "cool-result"), model_name="cool", succeeded=False,
+                             error="test", request_event_id=cool.metadata.event_id)
+    await scene.publisher.publish(scene.namer.training_results(), done.SerializeToString(), key="cool")
+    await quiet(scene.bootstrap, scene.namer.training_results(), 1, wait_s=0, settled=scene.handled)
+    await scene.alert(_raised("cool-2", model="cool"))
+    assert await scene.requested("cool") == [cool]
+    assert [r["reason"].startswith("cooling down") for r in await scene.decisions("cool", 2)] == [True, False]
+
+    # the schedule: a run every second (here) since the last one
+    async with asyncio.timeout(60):
+        while not (scheduled := await scene.requested("sched")):
+            await asyncio.sleep(0.5)
+    assert scheduled[0].trigger == "schedule"
 
 
 async def _promotions(isolated: dict[str, str], registry: str, publisher: Publisher, namer: TopicNamer,

@@ -1,6 +1,10 @@
 from prometheus_client import Counter, Gauge
 
-REQUESTS = Counter("loopline_retrainer_requests_total", "Retraining triggers", ["model", "outcome"])
+REQUESTS = Counter("loopline_retrainer_requests_total", "Retraining decisions by outcome (requested, waiting, skipped)",
+                   ["model", "outcome"])
+RETRAIN_DECISIONS = Counter("loopline_retrainer_retrain_decisions_total",
+                            "Retraining decisions by trigger and why (a skip's code, else the outcome)",
+                            ["model", "decision", "trigger", "why"])
 DECISIONS = Counter("loopline_retrainer_decisions_total", "Promotion decisions", ["model", "decision"])
 ROLLOUTS = Counter("loopline_retrainer_rollouts_total", "Rollout steps (started, promoted, rolled_back)",
                    ["model", "decision"])

@@ -1,21 +1,23 @@
+from pathlib import Path
+
 from loopline_core.settings import CoreSettings
+from loopline_ml.spec import default_dir
+from pydantic import Field
 
 
 class Settings(CoreSettings):
-    """Retrainer settings (``LOOPLINE_*``)."""
+    """Retrainer settings (``LOOPLINE_*``). When and how to retrain is each model's spec (``retraining:``)."""
 
     registry_addr: str
+    models_dir: Path = Field(default_factory=default_dir)
+    """Where the model specs are (``<name>.yaml``); a changed file is read again, so an edit needs no restart."""
     retrainer_dataset: str = "transactions"
-    retrainer_cooldown_s: float = 60.0
-    """After a training run finishes, alerts for the same model wait this long before another."""
-    retrainer_in_flight_timeout_s: float = 900.0
-    """A request with no result after this long no longer blocks a new one."""
+    """The dataset whose labels are counted and which training requests name."""
+    retrainer_models: list[str] = ["fraud"]
+    """Models whose label-volume and schedule triggers are checked (alerts name their model themselves)."""
+    retrainer_schedule_check_s: float = 5.0
+    """How often schedule triggers are checked."""
     retrainer_seed: int = 7
-    retrainer_fresh_labels: int = 1500
-    """After a drift alert, wait for this many new labels before training: a model retrained on
-    data from before the drift would only learn the old world again."""
-    retrainer_window_rows: int = 3000
-    """Train on the most recent labelled rows only (0 = all of them)."""
     retrainer_rollout_models: list[str] = ["fraud"]
     """Models whose prediction rows the rollout controller watches (``loopline.predictions.<model>``)."""
     retrainer_rollout_margin: float = 0.05

@@ -1,26 +1,27 @@
-"""on_alert and on_training_completed: request retraining, then promote or record why not."""
+"""The retrainer's consumers: alerts and labels (to the retraining policy), training results (promote,
+roll out, stage or record why not)."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from loopline.monitor.v1.events_pb2 import DriftAlertRaised
+from loopline.monitor.v1.events_pb2 import AlertRaised, DriftAlertRaised
 from loopline.registry.v1 import registry_pb2 as pb
-from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
+from loopline.trainer.v1.events_pb2 import TrainingCompleted
 from loopline_core.errors import ErrorKind, LooplineError
-from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Record, TopicNamer
 from loopline_core.kafka.codec import proto
 from loopline_core.kafka.records import MESSAGE_TYPE
 from loopline_core.labels import Label, decode_label
-from loopline_core.outbox import OutboxEvent, Relay
+from loopline_core.outbox import Relay
 from loopline_core.registry import RegistryClient
 
 from loopline_retrainer.adapters.store import RetrainerStore
-from loopline_retrainer.domain.policy import Action, Candidate, Decision, decide, may_request
+from loopline_retrainer.domain.policy import Action, Alert, Candidate, Decision, decide
+from loopline_retrainer.handlers.retraining import RetrainingPolicy, alert_of
 from loopline_retrainer.handlers.rollouts import RolloutController
-from loopline_retrainer.metrics import DECISIONS, REQUESTS
+from loopline_retrainer.metrics import DECISIONS
 from loopline_retrainer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,84 +29,50 @@ log = logging.getLogger(__name__)
 
 class RetrainerHandlers:
     def __init__(self, store: RetrainerStore, registry: RegistryClient, outbox: Relay, namer: TopicNamer,
-                 settings: Settings, rollouts: RolloutController) -> None:
+                 settings: Settings, rollouts: RolloutController, retraining: RetrainingPolicy) -> None:
         self.rollouts = rollouts
+        self.retraining = retraining
         self.store = store
         self.registry = registry
         self.outbox = outbox
         self.namer = namer
         self.s = settings
 
+    _raised = staticmethod(proto(AlertRaised, "metadata.event_id", "model_name"))
     _drift = staticmethod(proto(DriftAlertRaised, "metadata.event_id", "model_name"))
     decode_result = staticmethod(proto(TrainingCompleted, "metadata.event_id", "model_name"))
 
     @classmethod
-    def decode_alert(cls, record: Record) -> DriftAlertRaised | None:
-        """Drift alerts only: the alerts topic also carries other kinds (an ArtifactRefused, say), which
-        would parse as a bogus drift alert since protobuf does not know its own type on the wire."""
+    def decode_alert(cls, record: Record) -> Alert | None:
+        """An AlertRaised, or a DriftAlertRaised from an older producer (a record without a type header is
+        one); the topic's other kinds (AlertResolved, ArtifactRefused) are skipped by their type header,
+        since protobuf does not know its own type on the wire and they would parse as a bogus alert."""
         kind = record.header(MESSAGE_TYPE)
-        if kind is not None and kind != DriftAlertRaised.DESCRIPTOR.full_name:
-            return None
-        alert: DriftAlertRaised = cls._drift(record)
-        return alert
+        if kind == AlertRaised.DESCRIPTOR.full_name:
+            return alert_of(cls._raised(record))
+        if kind is None or kind == DriftAlertRaised.DESCRIPTOR.full_name:
+            return alert_of(cls._drift(record))
+        return None
 
     @staticmethod
     def decode_label(record: Record) -> Label:
         """The label, through the decoder every label consumer shares."""
         return decode_label(record)
 
-    async def on_alert(self, alert: DriftAlertRaised | None, _record: Record) -> None:
-        """Consumes ``loopline.monitor.alerts``; records a pending retraining request for a drift alert
-        (other alert kinds are not its business).
-
-        The request waits for ``retrainer_fresh_labels`` new labels (see :meth:`on_label`); its id
-        derives from the alert id, so a redelivered alert changes nothing.
-        """
-        if alert is None:
-            return
-        cause = alert.metadata.event_id
-        if await self.store.request_for(cause) is not None:
-            return
-        in_flight, since_done = await self.store.ages(alert.model_name)
-        ok, why = may_request(in_flight, since_done, in_flight_timeout_s=self.s.retrainer_in_flight_timeout_s,
-                              cooldown_s=self.s.retrainer_cooldown_s)
-        if not ok:
-            await self.store.skip(cause, alert.model_name, why)
-            REQUESTS.labels(alert.model_name, "skipped").inc()
-            log.info("not retraining", extra={"model": alert.model_name, "reason": why})
-            return
-        worst = max(alert.feature_scores.items(), key=lambda kv: kv[1], default=("?", 0.0))
-        reason = f"drift: {alert.statistic} {worst[0]}={worst[1]:.2f} > {alert.threshold} on v{alert.model_version}"
-        await self.store.add_request(derived_id("retrain", cause), alert.model_name, cause, reason,
-                                     self.s.retrainer_dataset, self.s.retrainer_fresh_labels)
-        REQUESTS.labels(alert.model_name, "pending").inc()
-        log.info("retraining once fresh labels arrive", extra={"model": alert.model_name, "reason": reason})
+    async def on_alert(self, alert: Alert | None, _record: Record) -> None:
+        """Consumes ``loopline.monitor.alerts``; the model's retraining policy decides (see
+        :mod:`.retraining`): skipped and why, or a request that waits for labels since the alert."""
+        if alert is not None:
+            await self.retraining.on_alert(alert)
 
     async def on_label(self, label: Label, _record: Record) -> None:
-        """Consumes ``loopline.labels.<dataset>``; counts labels and emits TrainingRequested on
-        ``loopline.training.requests`` for each pending request whose label wait is over; while a
-        rollout runs, the label also goes to the prediction rows it labels (see :mod:`.rollouts`).
-
-        The request is marked in flight and its event written to the outbox in one transaction
-        (its id is the request id, so the trainer recognises a repeat); the outbox relay publishes it.
-        """
+        """Consumes ``loopline.labels.<dataset>``; counts labels (once each), then checks the label-volume
+        triggers and sends every request whose label wait is over as ``TrainingRequested`` on
+        ``loopline.training.requests`` (through the outbox, with its "requested" decision); while a
+        rollout runs, the label also goes to the prediction rows it labels (see :mod:`.rollouts`)."""
         await self.rollouts.on_label(label.event_id, label.value)
         await self.store.count_label(label.event_id, self.s.retrainer_dataset)
-        requested = False
-        for row in await self.store.due(self.s.retrainer_dataset):
-            params = {"window_rows": str(self.s.retrainer_window_rows)}
-            req = TrainingRequested(metadata=metadata("retrainer", row["request_id"],
-                                                      correlation_id=row["cause_event_id"]),
-                                    model_name=row["model_name"], dataset=self.s.retrainer_dataset,
-                                    reason=row["reason"], seed=self.s.retrainer_seed, has_seed=True,
-                                    params=params)
-            event = OutboxEvent(row["request_id"], self.namer.training_requests(), req.SerializeToString(),
-                                key=row["model_name"], message_type="loopline.trainer.v1.TrainingRequested")
-            if await self.store.mark_in_flight(row["request_id"], event):
-                requested = True
-                REQUESTS.labels(row["model_name"], "requested").inc()
-        if requested:
-            await self.outbox.flush(self.s.outbox_flush_s)
+        await self.retraining.on_label()
 
     async def on_training_completed(self, result: TrainingCompleted, _record: Record) -> None:
         """Consumes ``loopline.training.results``; promotes the new version through the registry when
