@@ -19,17 +19,18 @@ PREDICTION = "prediction"
 
 
 def render_report(ref: Mapping[str, Dist], cur: Mapping[str, Dist], types: Mapping[str, str],
-                  prediction: tuple[Dist, Dist] | None = None) -> tuple[bytes, bytes]:
-    """(HTML, JSON) of Evidently's ``Report([DataDriftPreset()])`` on the samples of ``ref`` and ``cur``,
-    column types set explicitly; the prediction scores (reference, current) as a numeric column
-    ``prediction`` when given. Synchronous and CPU-bound: run it in a thread."""
+                  prediction: tuple[Dist, Dist] | None = None, drift_share: float = 0.5) -> tuple[bytes, bytes]:
+    """(HTML, JSON) of Evidently's ``Report([DataDriftPreset(drift_share=...)])`` on the samples of ``ref``
+    and ``cur``, column types set explicitly; the prediction scores (reference, current) as a numeric column
+    ``prediction`` when given (so it counts in the report's drifted share). Synchronous and CPU-bound: run it
+    in a thread."""
     ref_cols, cur_cols, kinds = dict(ref), dict(cur), dict(types)
     if prediction is not None:
         if PREDICTION in kinds:
             raise ValueError(f"a feature is already named {PREDICTION!r}")
         ref_cols[PREDICTION], cur_cols[PREDICTION] = prediction
         kinds[PREDICTION] = "num"
-    snapshot = run_preset(ref_cols, cur_cols, kinds)
+    snapshot = run_preset(ref_cols, cur_cols, kinds, drift_share=drift_share)
     return snapshot.get_html_str(as_iframe=False).encode(), snapshot.json().encode()
 
 
