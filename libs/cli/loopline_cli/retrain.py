@@ -33,7 +33,8 @@ DECIDED = RetrainDecided.DESCRIPTOR.full_name
 
 
 async def read_decisions(settings: DlqSettings, model: str) -> list[tuple[int, RetrainDecided]]:
-    """(record timestamp in ms, decision) of ``model``, oldest first, from the model events topic."""
+    """(record timestamp in ms, decision) of ``model``, oldest first, from the model events topic (in log
+    order: the retrainer keys them by model, so one model's decisions share a partition)."""
     topic = TopicNamer(settings.topic_prefix).model_events()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -42,7 +43,7 @@ async def read_decisions(settings: DlqSettings, model: str) -> list[tuple[int, R
             raise DlqError(f"topic {topic} does not exist")
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         begin, end = await consumer.beginning_offsets(tps), await log_end(consumer, tps)
-        out: list[tuple[int, RetrainDecided]] = []
+        out: list[tuple[int, int, int, RetrainDecided]] = []
         for tp in tps:
             consumer.seek(tp, begin[tp])
             while await consumer.position(tp) < end[tp]:
@@ -57,9 +58,9 @@ async def read_decisions(settings: DlqSettings, model: str) -> list[tuple[int, R
                     except DecodeError:
                         continue
                     if msg.model_name == model:
-                        out.append((r.timestamp, msg))
-        out.sort(key=lambda t: (t[0], t[1].metadata.event_id))
-        return out
+                        out.append((r.partition, r.offset, r.timestamp, msg))
+        out.sort(key=lambda t: (t[0], t[1]))
+        return [(ts, msg) for _, _, ts, msg in out]
     finally:
         await consumer.stop()
 
