@@ -20,9 +20,24 @@ from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
 from loopline_core.signing import SigningKey
 from loopline_ml import artifact
-from loopline_ml.drift import reference
+from loopline_ml.profile import build_profile
 
 FEATURES = ["amount", "log_amount", "txn_count_24h", "mean_amount_24h", "amount_to_mean", "night", "risky_category"]
+CATEGORICAL = ("night", "risky_category")
+MONITORING = {"categorical": list(CATEGORICAL), "drift_share": 0.5, "critical_share": 0.75, "window_labels": 500,
+              "threshold": 0.5, "ranges": {"night": [0, 1], "risky_category": [0, 1]},
+              "performance": [{"metric": "auc_roc", "direction": "higher", "warning": 0.8, "critical": 0.7}]}
+"""The fraud spec's ``monitoring`` section, as the trainer stores it in a version's profile."""
+
+
+def transactions(n: int, rng: np.random.Generator, *, amount_scale: float = 1.0, night: float = 0.1,
+                 extra_txns: int = 0) -> np.ndarray:
+    """Feature rows shaped like the fraud model's inputs (FEATURES order); the keywords shift them."""
+    amount = rng.lognormal(3.5, 0.8, n) * amount_scale
+    mean = rng.lognormal(3.5, 0.4, n) * amount_scale
+    count = rng.poisson(3, n) + extra_txns
+    return np.column_stack([amount, np.log1p(amount), count, mean, amount / mean,
+                            (rng.random(n) < night).astype(float), (rng.random(n) < 0.2).astype(float)])
 
 
 async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[Record]:
@@ -154,12 +169,14 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
                                 reference_x: np.ndarray | None = None, key: SigningKey | None = None,
                                 tamper: bool = False, metrics: dict[str, float] | None = None,
                                 gate_passed: bool = True, gate_champion: int = 0, exports: bool = False,
-                                tamper_export: str = "") -> registry_pb2.ModelVersion:
+                                tamper_export: str = "", profile: bool = True) -> registry_pb2.ModelVersion:
     """Save, sign (with the stack's key unless ``key``), upload and register a small model.
 
     ``tamper`` flips a byte of the weights after signing, as an attacker or a bad disk would. The
     version carries a gate with one check that passed (or not, per ``gate_passed``), compared against
-    champion ``gate_champion`` (0: none), as a trainer would have stored it. ``exports`` adds the
+    champion ``gate_champion`` (0: none), as a trainer would have stored it. Its reference profile is
+    built from ``reference_x`` and the model's own scores of it (``profile=False``: an artifact without
+    one, as versions trained before profiles existed). ``exports`` adds the
     trainer's signed ONNX and INT8 exports (Triton layout); ``tamper_export`` names one to corrupt.
     """
     private = Path(env["LOOPLINE_SIGNING_KEY"])
@@ -170,7 +187,10 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
     run_id = str(uuid.uuid4())
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "model"
-        artifact.save(d, model, reference(x, FEATURES))
+        types = {n: "cat" if n in CATEGORICAL else "num" for n in FEATURES}
+        scores = model.predict(x.astype(np.float32)).ravel()
+        ref = build_profile(x, FEATURES, types, scores, MONITORING) if profile else {}
+        artifact.save(d, model, ref)
         sig = Path(tmp) / "model.sig"
         from loopline_core.signing import sign_dir  # noqa: PLC0415
 

@@ -1,4 +1,4 @@
-"""Composition root of the monitor: Postgres, references, consumer."""
+"""Composition root of the monitor: Postgres, references, reports, the watch, two consumers, the label sweep."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 
 from loopline_monitor.adapters.references import References
+from loopline_monitor.adapters.reports import Reports
 from loopline_monitor.adapters.store import MIGRATIONS, SCHEMA, MonitorStore
+from loopline_monitor.handlers.labels import LabelHandler
 from loopline_monitor.handlers.predictions import PredictionHandler
+from loopline_monitor.handlers.watch import Watch
 from loopline_monitor.settings import Settings
 
 
@@ -29,9 +32,21 @@ async def main(stop: asyncio.Event) -> None:
                       TrustStore.from_dir(Path(settings.trusted_keys_dir)), rt.publisher, rt.namer)
     relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
     await relay.start()
-    handler = PredictionHandler(MonitorStore(pool), refs, objects, relay, rt.namer, settings)
-    rt.consumer([rt.namer.predictions(m) for m in settings.monitor_models], handler.decode, handler.on_prediction)
-    rt.closers += [refs.close, pool.close, relay.stop]  # reversed at stop: the relay before the pool
+    store = MonitorStore(pool)
+    watch = Watch(store, refs, Reports(objects), relay, rt.namer, settings)
+    lock = asyncio.Lock()  # the two consumers share the watch's in-memory state
+    predictions = PredictionHandler(store, watch, lock)
+    labels = LabelHandler(store, watch, lock, rt.publisher, rt.namer, settings)
+    rt.subscribe([rt.namer.predictions(m) for m in settings.monitor_models], predictions.decode,
+                 predictions.on_predictions)
+    rt.consumer([rt.namer.labels(settings.monitor_dataset)], labels.decode, labels.on_label,
+                group=rt.namer.group("monitor-labels"))
+    sweep = asyncio.create_task(labels.sweep(stop))
+
+    async def finish_sweep() -> None:
+        await sweep
+
+    rt.closers += [refs.close, pool.close, relay.stop, finish_sweep]  # reversed at stop
     await serve_until(rt, stop)
 
 

@@ -1,4 +1,19 @@
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-ALERTS = Counter("loopline_monitor_alerts_total", "Drift alerts raised", ["model"])
-MAX_PSI = Gauge("loopline_monitor_max_psi", "Largest per-feature PSI of the last window", ["model"])
+ALERTS = Counter("loopline_monitor_alerts_total", "Alerts raised (first and repeats)", ["model", "kind", "severity"])
+SILENCED = Counter("loopline_monitor_alerts_silenced_total", "Alerts a silence held back", ["model", "kind"])
+PREDICTIONS = Counter("loopline_monitor_predictions_total", "Predictions taken in, by outcome",
+                      ["model", "outcome"])
+DRIFT_SHARE = Gauge("loopline_monitor_drift_share", "Share of drifted columns in the last window",
+                    ["model", "version"])
+COLUMN_SCORE = Gauge("loopline_monitor_column_drift_score", "Last drift statistic per column (a p-value for "
+                     "ks/chisquare/z, a distance otherwise)", ["model", "column", "stattest"])
+PERFORMANCE = Gauge("loopline_monitor_performance", "Performance over the newest labelled predictions",
+                    ["model", "version", "variant", "metric"])
+LABELS_JOINED = Counter("loopline_monitor_labels_joined_total", "Labels joined to predictions", ["model"])
+LABELS_DEAD = Counter("loopline_monitor_labels_dead_lettered_total", "Labels whose prediction never came",
+                      ["dataset"])
+LABEL_DELAY = Histogram("loopline_monitor_label_delay_seconds", "Label time minus prediction time", ["model"],
+                        buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400))
+EVAL_SECONDS = Histogram("loopline_monitor_evaluation_seconds", "Time to evaluate one window", ["model"],
+                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))

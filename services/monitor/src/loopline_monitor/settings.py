@@ -5,15 +5,37 @@ class Settings(CoreSettings):
     """Monitor settings (``LOOPLINE_*``)."""
 
     monitor_models: list[str] = ["fraud"]
+    monitor_dataset: str = "transactions"
+    """Whose labels (``loopline.labels.<dataset>``) are joined to the predictions."""
     registry_addr: str
     trusted_keys_dir: str
-    monitor_window: int = 400
-    """Recent predictions compared with the training reference."""
-    monitor_every: int = 100
-    """Evaluate drift after this many new predictions of a model."""
-    monitor_psi_threshold: float = 0.25
-    monitor_repeat_every: int = 20
-    """While a version stays in alert, raise the alert again every this many evaluations (as
-    Alertmanager's repeat interval does), so a rejected retrain is retried once more labels exist."""
-    monitor_psi_clear: float = 0.1
-    """Below this the alert clears (hysteresis: between the two, the state holds)."""
+    monitor_windows: list[str] = ["count:500/100"]
+    """Drift windows per version: ``count:N[/S]`` (the last N predictions, every S) and ``time:Ts[/Ss]``
+    (by the predictions' event time)."""
+    monitor_alert_n: int = 2
+    monitor_alert_m: int = 3
+    """An alert opens when N of the last M evaluations crossed, and resolves when N of M did not."""
+    monitor_repeat_s: float = 300.0
+    """While an alert stays open it is raised again this often (0: never), as Alertmanager's repeat
+    interval: a retrain that was skipped (cool-down) is tried again."""
+    monitor_silences: list[dict[str, str | float]] = []
+    """Alertmanager-style silences: ``[{"model": "fraud", "version": "*", "kind": "latency", "until": <epoch s>,
+    "reason": "..."}]``; a silenced alert keeps its state and says nothing."""
+    monitor_report_every: int = 5
+    """Evidently's report is stored for every window that crosses a drift check and for every Nth other
+    evaluation of a window (0: only crossing windows)."""
+    monitor_label_window: int = 0
+    """Performance over the newest N labelled predictions of a version (0: the model spec's window_labels)."""
+    monitor_perf_every: int = 100
+    """Evaluate performance every this many new labels of a version."""
+    monitor_perf_min: int = 100
+    """Labelled predictions needed before performance is evaluated."""
+    monitor_label_ttl_s: float = 86_400.0
+    """A label whose prediction has not arrived after this long goes to the dead letters."""
+    monitor_label_sweep_s: float = 30.0
+    monitor_quality_limits: tuple[float, float] = (0.05, 0.2)
+    """Share of rows with missing, non-finite, out-of-range or unseen values: (warning, critical)."""
+    monitor_latency_limits_ms: tuple[float, float] = (100.0, 500.0)
+    """p95 latency of a window: (warning, critical)."""
+    monitor_error_limits: tuple[float, float] = (0.02, 0.1)
+    """Share of failed predictions of a window: (warning, critical)."""

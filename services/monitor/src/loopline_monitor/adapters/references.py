@@ -1,11 +1,14 @@
-"""Training references of served versions, read from their signed artifacts (cached per version)."""
+"""Reference profiles of served versions, read from their signed artifacts (cached per version).
+
+A version whose artifact carries no profile (one trained before profiles existed) is not ready:
+its profile is None, remembered, so the monitor raises one alert for it rather than retrying.
+"""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.kafka import Publisher, TopicNamer
@@ -13,6 +16,7 @@ from loopline_core.objstore import ObjectStore
 from loopline_core.refusals import report_refusal
 from loopline_core.registry import RegistryClient
 from loopline_core.signing import TrustStore
+from loopline_ml.profile import Profile, load_profile
 from loopline_ml.store import fetch_verified
 
 
@@ -24,16 +28,16 @@ class References:
         self._trust = trust
         self._publisher = publisher
         self._namer = namer
-        self._cache: dict[tuple[str, int], tuple[dict[str, Any], list[str]]] = {}
+        self._cache: dict[tuple[str, int], tuple[Profile | None, list[str]]] = {}
         self._refused: set[tuple[str, int]] = set()
 
     async def close(self) -> None:
         await self._registry.close()
 
-    async def get(self, model: str, version: int) -> tuple[dict[str, Any], list[str]]:
-        """The version's training reference and feature names; a version the registry does not know is
-        NOT_FOUND (permanent), an artifact that fails verification FAILED_PRECONDITION and, the first time,
-        an ArtifactRefused alert."""
+    async def get(self, model: str, version: int) -> tuple[Profile | None, list[str]]:
+        """The version's reference profile (None: its artifact has none) and feature names; a version
+        the registry does not know is NOT_FOUND (permanent), an artifact that fails verification
+        FAILED_PRECONDITION and, the first time, an ArtifactRefused alert."""
         if (model, version) not in self._cache:
             v = await self._registry.get(model, version)
             with tempfile.TemporaryDirectory(prefix="loopline-ref-") as tmp:
@@ -47,6 +51,8 @@ class References:
                                              version=version, artifact_uri=v.artifact_uri,
                                              signer_key_id=v.signer_key_id, error=exc)
                     raise
-                ref = json.loads((Path(tmp) / "model" / "reference.json").read_text())
-            self._cache[(model, version)] = (ref, loaded.config.feature_names)
+                path = Path(tmp) / "model" / "reference.json"
+                ref = json.loads(path.read_text()) if path.is_file() else {}
+            profile = load_profile(ref) if isinstance(ref, dict) and ref.get("version") == 2 else None
+            self._cache[(model, version)] = (profile, loaded.config.feature_names)
         return self._cache[(model, version)]

@@ -1,94 +1,97 @@
-"""on_prediction: ``loopline.predictions.<model>`` -> drift history, reports, ``loopline.monitor.alerts``."""
+"""on_predictions: ``loopline.predictions.<model>`` -> windows, evaluations, alerts.
+
+A prediction the monitor cannot use is dead-lettered with the reason and counted (its version's
+data-quality rate includes it): one that does not decode, has no outputs, a non-finite value, or
+lacks a feature of its version's profile; one of a version the registry does not know; one of a
+version whose artifact was refused. None of them holds the partition.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import time
+import asyncio
+import math
 from collections import Counter
 
 from loopline.inference.v1.events_pb2 import PredictionLogged
-from loopline.monitor.v1.events_pb2 import DriftAlertRaised
 from loopline_core.errors import invalid
-from loopline_core.events import derived_id, metadata
-from loopline_core.kafka import Record, TopicNamer
+from loopline_core.kafka import Record
 from loopline_core.kafka.codec import proto
-from loopline_core.objstore import ObjectStore
-from loopline_core.outbox import OutboxEvent, Relay
-from loopline_ml.drift import psi
+from loopline_core.kafka.delivery import Item
 
-from loopline_monitor.adapters.references import References
-from loopline_monitor.adapters.store import MonitorStore
-from loopline_monitor.domain.alerting import next_state
-from loopline_monitor.metrics import ALERTS, MAX_PSI
-from loopline_monitor.settings import Settings
-
-log = logging.getLogger(__name__)
-REPORTS = "loopline-reports"
-
+from loopline_monitor import metrics as m
+from loopline_monitor.adapters.store import MonitorStore, NewPrediction
+from loopline_monitor.domain.windows import Row
+from loopline_monitor.handlers.watch import Watch
 
 _parse = proto(PredictionLogged, "metadata.event_id", "model_name")
 
 
 class PredictionHandler:
-    def __init__(self, store: MonitorStore, refs: References, objects: ObjectStore, outbox: Relay,
-                 namer: TopicNamer, settings: Settings) -> None:
+    def __init__(self, store: MonitorStore, watch: Watch, lock: asyncio.Lock) -> None:
         self.store = store
-        self.refs = refs
-        self.objects = objects
-        self.outbox = outbox
-        self.namer = namer
-        self.s = settings
-        self._since: Counter[tuple[str, int]] = Counter()
+        self.watch = watch
+        self.lock = lock
+        self.rejected: Counter[tuple[str, int]] = Counter()
 
-    @staticmethod
-    def decode(record: Record) -> PredictionLogged:
-        msg = _parse(record)
-        if len(msg.inputs) != len(msg.feature_names):
-            raise invalid("a prediction needs one input per feature name")
-        return msg
+    def decode(self, record: Record) -> PredictionLogged:
+        try:
+            p: PredictionLogged = _parse(record)
+        except Exception:
+            m.PREDICTIONS.labels("?", "undecodable").inc()
+            raise
+        problem = _problem(p)
+        if problem:
+            m.PREDICTIONS.labels(p.model_name, "rejected").inc()
+            self.rejected[(p.model_name, p.model_version)] += 1
+            raise invalid(problem)
+        return p
 
-    async def on_prediction(self, p: PredictionLogged, _record: Record) -> None:
-        """Consumes ``loopline.predictions.<model>``; every ``monitor_every`` new rows, checks drift."""
-        added = await self.store.add(p.metadata.event_id, p.model_name, p.model_version, list(p.inputs),
-                                     p.outputs[0] if p.outputs else 0.0, p.latency_ms, p.entity_id)
-        if not added:
-            return
-        key = (p.model_name, p.model_version)
-        self._since[key] += 1
-        if self._since[key] >= self.s.monitor_every:
-            self._since[key] = 0
-            await self.evaluate(p.model_name, p.model_version)
+    async def on_predictions(self, items: list[Item[PredictionLogged]]) -> None:
+        """Consumes ``loopline.predictions.<model>`` in batches: every row goes into the store once (by its
+        event id), then into its version's windows."""
+        async with self.lock:
+            rows: list[NewPrediction] = []
+            for it in items:
+                p = it.value
+                w = await self.watch.version(p.model_name, p.model_version)
+                given = dict(zip(p.feature_names, p.inputs, strict=True))
+                missing = [n for n in w.names if n not in given]
+                if missing:
+                    self.rejected[(p.model_name, p.model_version)] += 1
+                    m.PREDICTIONS.labels(p.model_name, "rejected").inc()
+                    raise invalid(f"missing feature {', '.join(missing)} of {p.model_name} v{p.model_version}")
+                values = [given[n] for n in w.names]
+                ranges = (w.profile.monitoring.get("ranges", {}) if w.profile else {})
+                out = any(not (lo <= given[n] <= hi) for n, (lo, hi) in ranges.items() if n in given)
+                at = p.metadata.occurred_at.ToNanoseconds() / 1e9 if p.metadata.HasField("occurred_at") else \
+                    it.record.timestamp_ms / 1000.0
+                rows.append(NewPrediction(p.metadata.event_id, p.request_id or p.metadata.event_id, p.model_name,
+                                          p.model_version, p.variant, p.role, p.shadow, values,
+                                          float(p.outputs[0]) if p.outputs else 0.0, p.latency_ms, bool(p.error),
+                                          out, at))
+            added, joined = await self.store.add(rows)
+            m.PREDICTIONS.labels(items[0].value.model_name, "repeat").inc(len(rows) - len(added))
+            by_version: dict[tuple[str, int], list[Row]] = {}
+            for p, seq in added:
+                by_version.setdefault((p.model, p.version), []).append(
+                    Row(seq, p.at, tuple(p.inputs), p.score, p.latency_ms, p.failed, p.out_of_range))
+            for (model, version), new in by_version.items():
+                w = await self.watch.version(model, version)
+                w.rejected += self.rejected.pop((model, version), 0)
+                m.PREDICTIONS.labels(model, "added").inc(len(new))
+                await self.watch.add_rows(w, new)
+            await self.watch.add_labels(joined)
 
-    async def evaluate(self, model: str, version: int) -> None:
-        window = await self.store.window(model, version, self.s.monitor_window)
-        if len(window) < self.s.monitor_every:
-            return
-        ref, names = await self.refs.get(model, version)
-        scores = psi(ref, window, names)
-        worst = max(scores.values(), default=0.0)
-        MAX_PSI.labels(model).set(worst)
-        state, alerts, since = await self.store.state(model, version)
-        t = next_state(state, worst, self.s.monitor_psi_threshold, self.s.monitor_psi_clear, since + 1,
-                       self.s.monitor_repeat_every)
-        since = 0 if t.raise_alert else since + 1
-        event: OutboxEvent | None = None
-        if t.raise_alert:
-            alerts += 1
-            alert = DriftAlertRaised(
-                metadata=metadata("monitor", derived_id("drift", model, str(version), str(alerts))),
-                model_name=model, model_version=version, statistic="psi", threshold=self.s.monitor_psi_threshold,
-                feature_scores=scores, max_score=worst, window_size=len(window))
-            event = OutboxEvent(alert.metadata.event_id, self.namer.alerts(), alert.SerializeToString(), key=model,
-                                message_type="loopline.monitor.v1.DriftAlertRaised")
-        # the alert goes out through the outbox, committed with the state that raised it
-        await self.store.record(model, version, scores, len(window), t.state, alerts, since, event)
-        if event is not None:
-            ALERTS.labels(model).inc()
-            log.warning("drift alert", extra={"model": model, "version": version, "max_psi": worst})
-            await self.outbox.flush(self.s.outbox_flush_s)
-        now = time.time()
-        report = {"model": model, "version": version, "at": now, "statistic": "psi", "scores": scores,
-                  "max": worst, "window": len(window), "state": t.state}
-        await self.objects.put_bytes(REPORTS, f"drift/{model}/{now:.3f}-v{version}.json", json.dumps(report).encode(),
-                                     content_type="application/json")
+
+def _problem(p: PredictionLogged) -> str:
+    """Why a decoded prediction cannot be used ("" when it can)."""
+    if len(p.inputs) != len(p.feature_names):
+        return f"{len(p.inputs)} inputs for {len(p.feature_names)} feature names"
+    bad = [n for n, v in zip(p.feature_names, p.inputs, strict=True) if not math.isfinite(v)]
+    if bad:
+        return f"non-finite value of {', '.join(bad)}"
+    if not p.error and (not p.outputs or not math.isfinite(p.outputs[0])):
+        return "a prediction without a finite output (and no error)"
+    if p.model_version <= 0:
+        return f"model_version {p.model_version} is not a version"
+    return ""

@@ -6,12 +6,15 @@ digest names, it rebuilds the artifact, whose digest must equal the recorded ``a
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline_ml import artifact
-from loopline_ml.drift import reference
+from loopline_ml.profile import build_profile
 from loopline_ml.provenance import dir_digest
 
 from loopline_trainer.domain.snapshot import Snapshot, decode
@@ -27,17 +30,30 @@ class Trained:
     artifact_digest: str
 
 
-def train_to_dir(snap: Snapshot, params: Params, into: Path, init: Weights | None = None) -> Trained:
-    """Window, split, fit (from ``init`` for a warm start) and save the torch artifact into ``into``; the
-    snapshot must be trainable."""
+MONITORING_PARAM = "monitoring"
+"""The run parameter holding the spec's ``monitoring`` section (JSON) the profile was built with."""
+
+
+def train_to_dir(snap: Snapshot, params: Params, into: Path, init: Weights | None = None,
+                 monitoring: Mapping[str, Any] | None = None) -> Trained:
+    """Window, split, fit (from ``init`` for a warm start) and save the torch artifact into ``into``, with
+    the reference profile of its training window (columns typed by ``monitoring.categorical``, and the
+    model's own scores of them) that the monitor compares live traffic with; the snapshot must be
+    trainable."""
     rows = window(snap, params)
     split = time_split(len(rows), params.holdout, params.validation)
     fitted = fit(rows, split, params, init)
-    artifact.save(into, fitted.model, reference(rows.x[split.train], rows.feature_names))
+    mon = dict(monitoring or {})
+    categorical = set(mon.get("categorical", []))
+    types = {n: "cat" if n in categorical else "num" for n in rows.feature_names}
+    x = rows.x  # the whole training window (train, validation, test): the world the version was fitted for
+    profile = build_profile(x, rows.feature_names, types, fitted.model.predict(x).ravel(), mon)
+    artifact.save(into, fitted.model, profile)
     return Trained(rows, split, fitted, dir_digest(into))
 
 
 def refit(run: pb.Run, data: bytes, feature_names: list[str], into: Path) -> Trained:
     """Re-fit a recorded run from its snapshot bytes (refused unless they hash to ``run.dataset_digest``)."""
     snap = decode(data, feature_names, run.dataset_digest)
-    return train_to_dir(snap, Params.from_strings(run.params), into)
+    monitoring = json.loads(run.params.get(MONITORING_PARAM, "{}"))
+    return train_to_dir(snap, Params.from_strings(run.params), into, None, monitoring)
