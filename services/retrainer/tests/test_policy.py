@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from loopline.monitor.v1.events_pb2 import AlertRaised, DriftAlertRaised
+from loopline_core.events import metadata, timestamp
 from loopline_ml.spec import Retraining, TrainingWindow, Trigger
 from loopline_retrainer.domain.policy import Alert, Busy, Outcome, plan_alert, plan_label_volume, plan_schedule
+from loopline_retrainer.handlers.retraining import alert_of
 
 POLICY = Retraining(triggers=[Trigger(kind="feature_drift"), Trigger(kind="performance", min_severity="critical"),
                               Trigger(kind="label_volume", labels=100), Trigger(kind="schedule", every_s=3600)],
@@ -66,3 +69,20 @@ def test_label_volume_and_schedule() -> None:
     cooling = plan_schedule(POLICY, 7200, Busy(since_last_done_s=1))
     assert cooling is not None and cooling.code == "cooldown"
     assert plan_schedule(None, 1e9, IDLE) is None
+
+
+def test_alerts_new_and_legacy_read_alike() -> None:
+    raised = AlertRaised(metadata=metadata("monitor", "a-9"), model_name="fraud", model_version=2, kind="performance",
+                         severity="critical", onset=timestamp(1_700_000_000.5), episode_id="ep-7", repeat=3,
+                         metric="auc_roc", value=0.66, threshold=0.7, report_uri="s3://r/a.html")
+    a = alert_of(raised)
+    assert (a.kind, a.severity, a.episode_id, a.repeat, a.onset) == ("performance", "critical", "ep-7", 3,
+                                                                       1_700_000_000.5)
+    assert a.evidence()["report_uri"] == "s3://r/a.html" and a.evidence()["alert_id"] == "a-9"
+    first = alert_of(AlertRaised(metadata=metadata("monitor", "a-10"), model_name="fraud", kind="feature_drift",
+                                 severity="warning"))
+    assert (first.episode_id, first.repeat, first.onset) == ("a-10", 1, 0.0), "its own episode; onset unknown"
+    legacy = alert_of(DriftAlertRaised(metadata=metadata("monitor", "d-1"), model_name="fraud", model_version=1,
+                                       statistic="psi", threshold=0.25, feature_scores={"amount": 0.9, "b": 0.1}))
+    assert (legacy.kind, legacy.severity, legacy.episode_id) == ("feature_drift", "warning", "d-1")
+    assert legacy.summary == "psi amount=0.90 > 0.25"
