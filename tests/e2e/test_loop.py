@@ -38,6 +38,19 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
     assert result.final_version >= 2 and seen.champion == result.final_version
     won = next(t for t in seen.trainings if t.succeeded and int(t.version) == result.final_version)
     assert won.gate_passed, won.gate_summary
+    # the retrain was triggered by the drift alert and trained on data from the drift's onset on
+    drift_alert = next(a for a in seen.raised if a.kind == "feature_drift" and a.model_version == 1)
+    requested = next(d for d in seen.retrains if d.decision == "requested")
+    assert requested.trigger == "feature_drift" and requested.cause_event_id == drift_alert.episode_id
+    assert abs(requested.window_start.ToNanoseconds() - drift_alert.onset.ToNanoseconds()) < 1e6
+    # the new champion is watched against its own training profile: live traffic after the drift is what it
+    # learned, so its windows raise no drift alarm
+    new = result.final_version
+    windows = [w for w in seen.evaluations if w.model_version == new and w.window.startswith("count:")]
+    assert windows, "the new champion's windows were evaluated"
+    assert not [a for a in seen.raised if a.model_version == new and a.kind in ("feature_drift", "prediction_drift")]
+    # the monitor's own rolling AUC from delayed labels, per version
+    assert any(w.window.startswith("labels:") and "auc_roc" in w.metrics for w in seen.evaluations)
     # bad input never stopped the stream: every malformed record reached the dead-letter topic
     assert stats.malformed > 0 and seen.dead_letters == stats.malformed
 

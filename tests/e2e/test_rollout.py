@@ -31,7 +31,7 @@ from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
 from loopline_core.signing import SigningKey, sign_dir
 from loopline_ml import artifact
-from loopline_ml.drift import reference
+from loopline_ml.profile import build_profile
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, quiet
 from tritonclient.utils import InferenceServerException
@@ -62,7 +62,9 @@ async def register(env: dict[str, str], addr: str, model: artifact.ScoringModel,
     prefix = f"fraud/{run_id}"
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "model"
-        artifact.save(d, model, reference(np.random.default_rng(0).normal(size=(200, len(FEATURES))), FEATURES))
+        ref = build_profile(np.random.default_rng(0).normal(size=(200, len(FEATURES))), FEATURES,
+                            dict.fromkeys(FEATURES, "num"), None)
+        artifact.save(d, model, ref)
         key_id = sign_dir(d, key, Path(tmp) / "model.sig")
         await store.put_dir("loopline-models", f"{prefix}/model", d)
         await store.put_bytes("loopline-models", f"{prefix}/model.sig", (Path(tmp) / "model.sig").read_bytes())

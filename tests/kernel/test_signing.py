@@ -26,7 +26,7 @@ from loopline_core.signing import (
     sign_dir,
 )
 from loopline_ml.artifact import save
-from loopline_ml.drift import reference
+from loopline_ml.profile import build_profile
 from loopline_ml.store import MODELS, fetch_verified, upload_signed
 from loopline_stack.stack import StackState
 from loopline_testing.builders import FEATURES, make_model, read_topic
@@ -166,7 +166,9 @@ async def test_fetch_verified_carries_the_refusal(tmp_path: Path, store: ObjectS
     model_dir = tmp_path / "work" / "model"
     import numpy as np  # noqa: PLC0415
 
-    save(model_dir, make_model(0), reference(np.random.default_rng(0).normal(size=(50, len(FEATURES))), FEATURES))
+    ref = build_profile(np.random.default_rng(0).normal(size=(50, len(FEATURES))), FEATURES,
+                        dict.fromkeys(FEATURES, "num"), None)
+    save(model_dir, make_model(0), ref)
     prefix = f"test-signing/{tmp_path.name}"
     artifact, signature, kid = await upload_signed(store, signer, model_dir, prefix)
     loaded = await fetch_verified(store, trust, artifact, signature, kid, into=tmp_path / "ok")

@@ -6,8 +6,10 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+from loopline.monitor.v1.events_pb2 import AlertRaised
 from loopline_core.kafka import TopicNamer
 from loopline_core.objstore import ObjectStore
 from loopline_stack import Stack, StackError
@@ -23,14 +25,14 @@ from loopline_cli.demo.scenario import ScenarioConfig, ScenarioResult, run_scena
 from loopline_cli.demo.traffic import Traffic
 
 console = Console(stderr=True)
-PSI_THRESHOLD = 0.25
-MONITOR_ENV = {"LOOPLINE_MONITOR_PSI_THRESHOLD": str(PSI_THRESHOLD), "LOOPLINE_MONITOR_EVERY": "100",
-               "LOOPLINE_MONITOR_WINDOW": "400"}
+DRIFT_SHARE = 0.5  # models/fraud.yaml monitoring.drift_share
+MONITOR_ENV = {"LOOPLINE_MONITOR_WINDOWS": '["count:500/100"]', "LOOPLINE_MONITOR_REPORT_EVERY": "0"}
 
 
 def service_env() -> dict[str, dict[str, str]]:
-    return {"monitor": MONITOR_ENV, "retrainer": {"LOOPLINE_RETRAINER_FRESH_LABELS": "1500",
-                                                  "LOOPLINE_RETRAINER_WINDOW_ROWS": "3000"}}
+    """The demo's settings beside the defaults: Evidently's report only for windows that cross a drift
+    check (each is ~4 MB of HTML); the retraining policy comes from models/fraud.yaml."""
+    return {"monitor": MONITOR_ENV}
 
 
 def _view(result_started: float, phase: str, scenario: dict[str, object]) -> Table:
@@ -77,28 +79,30 @@ def _counters(traffic: Traffic, observer: Observer) -> dict[str, object]:
     last = o.timeline[-1].text if o.timeline else ""
     return {"transactions produced": s.produced, "malformed sent": s.malformed, "dead-lettered": o.dead_letters,
             "labels delivered": s.labels, "scored": s.scored, "serving version": s.serving_version or "-",
-            "versions registered": ", ".join(f"v{v}" for v in o.versions) or "-", "drift alerts": o.alerts,
+            "versions registered": ", ".join(f"v{v}" for v in o.versions) or "-", "alerts": o.alerts,
             "champion": f"v{o.champion}" if o.champion else "-", "last event": last}
 
 
 async def _finish(result: ScenarioResult, stack_env: dict[str, str], registry_addr: str, out_dir: Path) -> int:
     store = ObjectStore(stack_env["LOOPLINE_S3_ENDPOINT"], stack_env["LOOPLINE_S3_ACCESS_KEY"],
                         stack_env["LOOPLINE_S3_SECRET_KEY"])
-    drift = [json.loads(await store.get_bytes("loopline-reports", k))
-             for k in await store.list_keys("loopline-reports", "drift/fraud/")]
     s, o = result.traffic.stats, result.observer.seen
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    links = await _evidently_reports(store, o.raised, out_dir, stamp)
     lat = sorted(x.latency_ms for x in s.scores)
     summary = {
         "completed": result.completed, "wall time (s)": round(time.time() - result.started, 1),
         "transactions": s.produced, "malformed -> dead letters": f"{s.malformed} -> {o.dead_letters}",
         "labels": s.labels, "scored": s.scored, "scored by version": dict(sorted(s.by_version.items())),
-        "versions registered": o.versions, "drift alerts": o.alerts, "final serving version": result.final_version,
+        "versions registered": o.versions, "final serving version": result.final_version,
+        "alerts": dict(Counter(f"{a.kind} v{a.model_version}" for a in o.raised)),
+        "retrain decisions": [f"{d.decision} ({d.trigger})" for d in o.retrains],
         "client latency p50/p99 (ms)": f"{lat[len(lat) // 2]:.1f} / {lat[int(len(lat) * 0.99)]:.1f}" if lat else "-",
     }
     section, per_version = await models.section(registry_addr, store, "fraud")
     summary["gates"] = {v: d["gate"] for v, d in per_version.items()}
-    path = report.write(out_dir / f"loopline-demo-{time.strftime('%Y%m%d-%H%M%S')}.html", s, o, drift,
-                        result.started, result.drift_at, summary, PSI_THRESHOLD, section)
+    path = report.write(out_dir / f"loopline-demo-{stamp}.html", s, o, result.started, result.drift_at, summary,
+                        DRIFT_SHARE, section, links)
     (out_dir / f"{path.stem}.versions.json").write_text(json.dumps(per_version, indent=1))
     await store.put_bytes("loopline-reports", f"demo/{path.name}", path.read_bytes(), content_type="text/html")
     table = Table(title="Loopline demo summary", show_header=False)
@@ -110,6 +114,21 @@ async def _finish(result: ScenarioResult, stack_env: dict[str, str], registry_ad
     console.print(f"[bold]report:[/] {path.resolve()}")
     print(path.resolve())
     return 0 if result.completed else 1
+
+
+async def _evidently_reports(store: ObjectStore, raised: list[AlertRaised], out_dir: Path,
+                             stamp: str) -> dict[str, str]:
+    """Copy Evidently's report of each alerting window beside the demo report; s3 URI -> relative link."""
+    links: dict[str, str] = {}
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+    for a in raised:
+        if not a.report_uri or a.report_uri in links:
+            continue
+        bucket, key = a.report_uri.removeprefix("s3://").split("/", 1)
+        name = f"loopline-demo-{stamp}.evidently-v{a.model_version}-{len(links) + 1}.html"
+        await asyncio.to_thread((out_dir / name).write_bytes, await store.get_bytes(bucket, key))
+        links[a.report_uri] = name
+    return links
 
 
 def run_demo(minutes: float = 5.0, state_dir: Path | None = None) -> int:

@@ -43,7 +43,7 @@ def train_to_dir(snap: Snapshot, params: Params, into: Path, init: Weights | Non
     rows = window(snap, params)
     split = time_split(len(rows), params.holdout, params.validation)
     fitted = fit(rows, split, params, init)
-    mon = dict(monitoring or {})
+    mon = json.loads(json.dumps(dict(monitoring or {}), sort_keys=True))  # one form, as refit reads it back
     categorical = set(mon.get("categorical", []))
     types = {n: "cat" if n in categorical else "num" for n in rows.feature_names}
     x = rows.x  # the whole training window (train, validation, test): the world the version was fitted for

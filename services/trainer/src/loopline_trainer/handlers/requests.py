@@ -30,7 +30,7 @@ from loopline_ml.store import MODELS, fetch_verified, split_uri, upload_signed
 
 from loopline_trainer.adapters.clients import FeatureClient
 from loopline_trainer.domain.exporting import build_exports
-from loopline_trainer.domain.lineage import train_to_dir
+from loopline_trainer.domain.lineage import MONITORING_PARAM, train_to_dir
 from loopline_trainer.domain.record import Source, flat_metrics, run_record, slices
 from loopline_trainer.domain.snapshot import decode
 from loopline_trainer.domain.training import Weights, check_trainable, effective_params, time_split, window
@@ -130,6 +130,7 @@ class TrainingHandler:
                                   window_start=req.window_start.ToNanoseconds() / 1e9
                                   if req.HasField("window_start") else 0.0,
                                   warm_start_version=req.warm_start_version)
+        monitoring = spec.monitoring.model_dump(mode="json")  # typed columns and checks, into the signed profile
         rows = window(snap, params)
         check_trainable(rows, time_split(len(rows), params.holdout, params.validation), spec.training.min_rows,
                         spec.training.min_positives, since=params.window_start)
@@ -138,7 +139,8 @@ class TrainingHandler:
             init = await self._warm_start(name, params.warm_start_version, names, work / "warm") \
                 if params.warm_start_version else None
             with TRAIN_SECONDS.time():
-                trained = await asyncio.to_thread(train_to_dir, snap, params, work / "torch" / "model", init)
+                trained = await asyncio.to_thread(train_to_dir, snap, params, work / "torch" / "model", init,
+                                                  monitoring)
             wall = time.perf_counter() - t0
             artifact_uri, sig_uri, key_id = await upload_signed(self.objects, self.key, work / "torch" / "model",
                                                                 f"{name}/{run_id}")
@@ -163,6 +165,7 @@ class TrainingHandler:
         src = Source(run_id, req.reason, req.dataset or view, ts.feature_view or view, ts.uri, ts.digest,
                      ts.manifest_uri, ts.as_of if ts.HasField("as_of") else as_of)
         run = run_record(src, params, code_version(), trained, started_at=started, wall_time_s=wall)
+        run.params[MONITORING_PARAM] = json.dumps(monitoring, sort_keys=True)  # refit rebuilds the same profile
         # beside the effective params, never over them: a request cannot rewrite provenance this way
         run.params.update({k: v for k, v in _request_context(req).items() if k not in run.params})
         metrics = flat_metrics(results, trained, champion.version if champion else 0)
