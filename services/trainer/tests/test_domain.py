@@ -147,18 +147,19 @@ def test_the_same_lineage_gives_bit_identical_artifacts(tmp_path: Path) -> None:
     assert c.artifact_digest != a.artifact_digest
 
 
-def test_a_window_start_keeps_only_rows_from_it_on_before_window_rows() -> None:
+def test_a_window_start_is_recorded_and_window_rows_applied() -> None:
     snap = _snapshot()  # event times 0, 60, ... 35940
     p = effective_params(FRAUD.training, {"window_rows": "100", "window_start": "1"}, 1, window_start=60.0 * 400)
     assert p.window_start == 24000.0, "from the request's field, never from its params"
     rows = window(snap, p)
-    assert len(rows) == 100 and rows.event_time.min() >= 24000.0
-    assert len(window(snap, Params(**{**p.__dict__, "window_rows": 0}))) == 200
+    assert len(rows) == 100 and rows.event_time.min() == snap.event_time[-100], "the newest window_rows"
+    assert len(window(snap, Params(**{**p.__dict__, "window_rows": 0}))) == len(snap), \
+        "the start is the feature service's filter (by arrival), not applied again on event times"
     recorded = p.as_strings()
     assert recorded["window_start"] == "24000.0" and recorded["window_start_utc"].startswith("1970-01-01T06:40")
     assert Params.from_strings(recorded) == p
     assert "window_start" not in effective_params(FRAUD.training, {}, 1).as_strings(), "unset: not recorded"
-    late = window(snap, Params(**{**p.__dict__, "window_start": 60.0 * 590, "window_rows": 0}))
+    late = snap.since(60.0 * 590)
     with pytest.raises(LooplineError) as err:
         check_trainable(late, time_split(len(late), 0.25, 0.1), 200, 5, since=60.0 * 590)
     assert err.value.kind.permanent and "since the window start 1970-01-01T09:50" in err.value.message

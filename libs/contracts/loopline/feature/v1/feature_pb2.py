@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!loopline/feature/v1/feature.proto\x12\x13loopline.feature.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x01\n\x17\x42uildTrainingSetRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\x18\x42uildTrainingSetResponse\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tpositives\x18\x04 \x01(\x03\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x14\n\x0cmanifest_uri\x18\x06 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x07 \x01(\t\x12)\n\x05\x61s_of\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb3\x01\n\x18GetOnlineFeaturesRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07request\x18\x04 \x03(\x0b\x32\x1f.loopline.feature.v1.RequestRow\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\"\xea\x01\n\nRequestRow\x12=\n\x07numbers\x18\x01 \x03(\x0b\x32,.loopline.feature.v1.RequestRow.NumbersEntry\x12=\n\x07strings\x18\x02 \x03(\x0b\x32,.loopline.feature.v1.RequestRow.StringsEntry\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12-\n\x04rows\x18\x02 \x03(\x0b\x32\x1f.loopline.feature.v1.FeatureRow\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x03 \x01(\t\"n\n\nFeatureRow\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf5\x01\n\x0e\x46\x65\x61tureService\x12r\n\x11GetOnlineFeatures\x12-.loopline.feature.v1.GetOnlineFeaturesRequest\x1a..loopline.feature.v1.GetOnlineFeaturesResponse\x12o\n\x10\x42uildTrainingSet\x12,.loopline.feature.v1.BuildTrainingSetRequest\x1a-.loopline.feature.v1.BuildTrainingSetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!loopline/feature/v1/feature.proto\x12\x13loopline.feature.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x17\x42uildTrainingSetRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_by\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0erecorded_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\x18\x42uildTrainingSetResponse\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x11\n\tpositives\x18\x04 \x01(\x03\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x14\n\x0cmanifest_uri\x18\x06 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x07 \x01(\t\x12)\n\x05\x61s_of\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb3\x01\n\x18GetOnlineFeaturesRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x12\n\nentity_ids\x18\x02 \x03(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07request\x18\x04 \x03(\x0b\x32\x1f.loopline.feature.v1.RequestRow\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x03(\t\"\xea\x01\n\nRequestRow\x12=\n\x07numbers\x18\x01 \x03(\x0b\x32,.loopline.feature.v1.RequestRow.NumbersEntry\x12=\n\x07strings\x18\x02 \x03(\x0b\x32,.loopline.feature.v1.RequestRow.StringsEntry\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12-\n\x04rows\x18\x02 \x03(\x0b\x32\x1f.loopline.feature.v1.FeatureRow\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x03 \x01(\t\"n\n\nFeatureRow\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf5\x01\n\x0e\x46\x65\x61tureService\x12r\n\x11GetOnlineFeatures\x12-.loopline.feature.v1.GetOnlineFeaturesRequest\x1a..loopline.feature.v1.GetOnlineFeaturesResponse\x12o\n\x10\x42uildTrainingSet\x12,.loopline.feature.v1.BuildTrainingSetRequest\x1a-.loopline.feature.v1.BuildTrainingSetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,21 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTROW_STRINGSENTRY']._loaded_options = None
   _globals['_REQUESTROW_STRINGSENTRY']._serialized_options = b'8\001'
   _globals['_BUILDTRAININGSETREQUEST']._serialized_start=92
-  _globals['_BUILDTRAININGSETREQUEST']._serialized_end=248
-  _globals['_BUILDTRAININGSETRESPONSE']._serialized_start=251
-  _globals['_BUILDTRAININGSETRESPONSE']._serialized_end=449
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=452
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=631
-  _globals['_REQUESTROW']._serialized_start=634
-  _globals['_REQUESTROW']._serialized_end=868
-  _globals['_REQUESTROW_NUMBERSENTRY']._serialized_start=774
-  _globals['_REQUESTROW_NUMBERSENTRY']._serialized_end=820
-  _globals['_REQUESTROW_STRINGSENTRY']._serialized_start=822
-  _globals['_REQUESTROW_STRINGSENTRY']._serialized_end=868
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=870
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=989
-  _globals['_FEATUREROW']._serialized_start=991
-  _globals['_FEATUREROW']._serialized_end=1101
-  _globals['_FEATURESERVICE']._serialized_start=1104
-  _globals['_FEATURESERVICE']._serialized_end=1349
+  _globals['_BUILDTRAININGSETREQUEST']._serialized_end=300
+  _globals['_BUILDTRAININGSETRESPONSE']._serialized_start=303
+  _globals['_BUILDTRAININGSETRESPONSE']._serialized_end=501
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=504
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=683
+  _globals['_REQUESTROW']._serialized_start=686
+  _globals['_REQUESTROW']._serialized_end=920
+  _globals['_REQUESTROW_NUMBERSENTRY']._serialized_start=826
+  _globals['_REQUESTROW_NUMBERSENTRY']._serialized_end=872
+  _globals['_REQUESTROW_STRINGSENTRY']._serialized_start=874
+  _globals['_REQUESTROW_STRINGSENTRY']._serialized_end=920
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=922
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1041
+  _globals['_FEATUREROW']._serialized_start=1043
+  _globals['_FEATUREROW']._serialized_end=1153
+  _globals['_FEATURESERVICE']._serialized_start=1156
+  _globals['_FEATURESERVICE']._serialized_end=1401
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,7 @@ class BuildTrainingSetRequest(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     RECORDED_BY_FIELD_NUMBER: _builtins.int
+    RECORDED_SINCE_FIELD_NUMBER: _builtins.int
     feature_view: _builtins.str
     """A view name ("transactions") or name and version ("transactions:1"; unset version: the newest)."""
     dataset: _builtins.str
@@ -45,6 +46,14 @@ class BuildTrainingSetRequest(_message.Message):
         time; unset: no limit (a backfill of old events, whose as_of is long before they arrived).
         """
 
+    @_builtins.property
+    def recorded_since(self) -> _timestamp_pb2.Timestamp:
+        """System time, the lower bound: only events that reached the store at or after it are labelled rows
+        of the set (their feature history still counts in full). A retrain after drift sets it to the
+        drift's onset as the monitor saw it, so the set holds only the world after the change, whatever
+        clock the events' own times follow. Unset: no lower bound.
+        """
+
     def __init__(
         self,
         *,
@@ -52,10 +61,11 @@ class BuildTrainingSetRequest(_message.Message):
         dataset: _builtins.str = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
         recorded_by: _timestamp_pb2.Timestamp | None = ...,
+        recorded_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "recorded_by", b"recorded_by"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "recorded_by", b"recorded_by", "recorded_since", b"recorded_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "feature_view", b"feature_view", "recorded_by", b"recorded_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dataset", b"dataset", "feature_view", b"feature_view", "recorded_by", b"recorded_by", "recorded_since", b"recorded_since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -83,8 +83,9 @@ class TrainingRequested(_message.Message):
 
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp:
-        """Train only on events at or after this time (a drift's onset): a model retrained on data from
-        before the drift learns the old world again. Unset: no lower bound.
+        """Train only on events that reached the platform at or after this time (system time: a drift's
+        onset as the monitor saw it): a model retrained on data from before the drift learns the old
+        world again. Unset: no lower bound.
         """
 
     def __init__(

@@ -143,20 +143,23 @@ class FeatureStore:
             "on conflict (dataset, event_id, labelled_at) do update set label = excluded.label",
             [(lb.dataset, lb.event_id, lb.labelled_at, lb.value) for lb in labels])
 
-    async def labelled(self, view: FeatureView, as_of: float, recorded_by: float = math.inf) -> list[Row]:
+    async def labelled(self, view: FeatureView, as_of: float, recorded_by: float = math.inf,
+                       recorded_since: float = 0.0) -> list[Row]:
         """The view's events at or before ``as_of`` that carry a label known at ``as_of`` (by label
         time), each with the newest such label; in event-time order. Events and labels that reached the
         store after ``recorded_by`` (system time) are left out, so a rebuild with the same pair selects
         the same rows however late some data arrived since (a redelivered training request trains on
-        the same set)."""
+        the same set); events that arrived before ``recorded_since`` are left out too (a retrain from a
+        drift's onset)."""
         rows = await self.pool.fetch(
             "with known as (select distinct on (event_id) event_id, label, labelled_at from label_log "
             "  where dataset = $2 and labelled_at <= $3 and received_at <= to_timestamp($4) "
             "  order by event_id, labelled_at desc) "
             "select e.event_id, e.entity_id, e.event_time, e.numbers, e.strings, k.label, k.labelled_at "
             "from known k join events e on e.view = $1 and e.event_id = k.event_id "
-            "where e.event_time <= $3 and e.arrived_at <= to_timestamp($4) order by e.event_time, e.event_id",
-            view.ref, view.source, as_of, recorded_by)
+            "where e.event_time <= $3 and e.arrived_at <= to_timestamp($4) and e.arrived_at >= to_timestamp($5) "
+            "order by e.event_time, e.event_id",
+            view.ref, view.source, as_of, recorded_by, recorded_since)
         return [Row(r["event_id"], r["entity_id"], r["event_time"], r["labelled_at"], r["label"], tuple(r["numbers"]),
                     tuple(json.loads(r["strings"]))) for r in rows]
 

@@ -88,9 +88,12 @@ class FeatureServicer(feature_pb2_grpc.FeatureServiceServicer):
         as_of = request.as_of.seconds + request.as_of.nanos / 1e9 if request.HasField("as_of") else time.time()
         recorded_by = (request.recorded_by.seconds + request.recorded_by.nanos / 1e9
                        if request.HasField("recorded_by") else math.inf)
-        rows = await self.store.labelled(view, as_of, recorded_by)
+        since = (request.recorded_since.seconds + request.recorded_since.nanos / 1e9
+                 if request.HasField("recorded_since") else 0.0)
+        rows = await self.store.labelled(view, as_of, recorded_by, since)
         if not rows:
-            raise precondition(f"no labelled events in view {view.ref} as of {as_of}")
+            raise precondition(f"no labelled events in view {view.ref} as of {as_of}"
+                               + (f" that arrived since {since}" if since else ""))
         lo, hi = training.history_span(view, rows)
         history = await self.store.history(view, sorted({r.entity_id for r in rows}), lo, hi, recorded_by)
         # A big set takes seconds of CPU: build it off the loop that serves online reads.

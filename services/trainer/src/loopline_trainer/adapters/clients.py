@@ -23,15 +23,18 @@ class FeatureClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def training_set(self, feature_view: str, dataset: str,
-                           as_of: Timestamp) -> feature_pb2.BuildTrainingSetResponse:
+    async def training_set(self, feature_view: str, dataset: str, as_of: Timestamp,
+                           recorded_since: Timestamp | None = None) -> feature_pb2.BuildTrainingSetResponse:
         """The snapshot as of ``as_of``, pinned in system time to the same instant: a rebuild after late
-        data arrived yields the same bytes (and digest)."""
+        data arrived yields the same bytes (and digest); with ``recorded_since``, of the events that
+        arrived from then on only."""
+        req = feature_pb2.BuildTrainingSetRequest(feature_view=feature_view, dataset=dataset, as_of=as_of,
+                                                  recorded_by=as_of)
+        if recorded_since is not None:
+            req.recorded_since.CopyFrom(recorded_since)
         try:
             resp: feature_pb2.BuildTrainingSetResponse = await self._stub.BuildTrainingSet(
-                feature_pb2.BuildTrainingSetRequest(feature_view=feature_view, dataset=dataset, as_of=as_of,
-                                                    recorded_by=as_of),
-                metadata=inject_metadata(), timeout=120)
+                req, metadata=inject_metadata(), timeout=120)
         except grpc.aio.AioRpcError as exc:
             raise as_error(exc) from exc
         return resp

@@ -81,8 +81,10 @@ def effective_params(spec: Training, requested: Mapping[str, str], seed: int | N
 
 
 def window(snap: Snapshot, params: Params) -> Snapshot:
-    """The rows a run trains on: those at or after the window start, then the newest ``window_rows`` of them."""
-    return snap.since(params.window_start).tail(params.window_rows)
+    """The rows a run trains on: the newest ``window_rows`` of the snapshot. The window start is applied
+    by the feature service when it builds the snapshot (system time: the events that arrived from the
+    start on), so the snapshot a run records already holds only those rows and a refit needs nothing more."""
+    return snap.tail(params.window_rows)
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ class TrainingHandler:
         name = req.model_name
         as_of = req.as_of if req.HasField("as_of") else req.metadata.occurred_at
         view = spec.training.feature_view
-        ts = await self.features.training_set(view, req.dataset or view, as_of)
+        ts = await self.features.training_set(view, req.dataset or view, as_of,
+                                              req.window_start if req.HasField("window_start") else None)
         names = list(ts.feature_names)
         snap = decode(await self.objects.get_bytes(*split_uri(ts.uri)), names, ts.digest)
         params = effective_params(spec.training, dict(req.params), req.seed if req.has_seed else None,
