@@ -6,7 +6,8 @@ batch), none of its work (no dedupe in Postgres, no windows, no evaluations, no 
 
     python -m bench.monitor_bare BOOTSTRAP TOPIC GROUP
 
-Prints ``ready`` once partitions are assigned; stops on SIGTERM/SIGINT after the batch in hand.
+Prints ``ready`` once partitions are assigned, and ``committed <epoch s> <records so far>`` after each commit
+(the benchmark times it from these lines); stops on SIGTERM/SIGINT after the batch in hand.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 
 from aiokafka import AIOKafkaConsumer
 from loopline.inference.v1.events_pb2 import PredictionLogged
@@ -30,7 +32,7 @@ async def run(bootstrap: str, topic: str, group: str) -> None:
                                 fetch_max_wait_ms=100)  # as the platform's bus (aiokafka's default is 500)
     await consumer.start()
     announced = False
-    decoded = 0
+    decoded = committed = 0
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -46,6 +48,9 @@ async def run(bootstrap: str, topic: str, group: str) -> None:
                     decoded += bool(PredictionLogged.FromString(rec.value).model_version)
                 offsets[tp] = records[-1].offset + 1
             await consumer.commit(offsets)
+            committed += sum(len(records) for records in batches.values())
+            # its own stopwatch: it takes a fraction of a second, too short to time from outside by polling
+            print(f"committed {time.time():.6f} {committed}", flush=True)
     finally:
         await consumer.stop()
         print(f"decoded {decoded}", flush=True)
