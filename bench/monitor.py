@@ -131,7 +131,8 @@ async def log_ends(bootstrap: str, topic: str) -> Offsets:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
         if not tps:
             raise RuntimeError(f"{topic} has no partitions")
-        return await log_end(c, tps)
+        ends: Offsets = await log_end(c, tps)
+        return ends
     finally:
         await c.stop()
 
