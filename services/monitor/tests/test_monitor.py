@@ -12,15 +12,18 @@ import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.labels.v1.label_pb2 import Label
 from loopline.monitor.v1.events_pb2 import AlertRaised, WindowEvaluated
+from loopline.trainer.v1.events_pb2 import TrainingRequested
 from loopline_core.events import metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
 from loopline_core.kafka.records import DLQ_REASON, MESSAGE_TYPE
 from loopline_core.objstore import ObjectStore
+from loopline_ml.spec import default_dir
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, quiet, register_signed_model, transactions
 
@@ -105,9 +108,11 @@ async def test_no_drift_is_silent_then_shift_and_new_category_alert(
     await feed.predictions(transactions(600, rng, amount_scale=2.5, night=0.5, extra_txns=3), 1000)
     alerts = await _alerts(isolated)
     drift = [a for a in alerts if a.kind == "feature_drift"]
-    assert len(drift) == 1, f"one alert per episode, got {[(a.kind, a.summary) for a in alerts]}"
+    assert len({a.episode_id for a in drift}) == 1, f"one episode, got {[(a.kind, a.summary) for a in alerts]}"
     a = drift[0]
     assert a.model_version == v1.version and a.severity in ("warning", "critical") and a.repeat == 1
+    # within the hour-long repeat interval, only an escalation to critical says it again
+    assert all(r.repeat == i + 2 and r.severity == "critical" for i, r in enumerate(drift[1:])) and len(drift) <= 2
     windows = [w for w in await _windows(isolated) if w.model_version == v1.version]
     shifted = [w for w in windows if w.window_end.ToNanoseconds() / 1e9 >= feed.t0 + 1000]
     raised_at = next(i for i, w in enumerate(shifted) if w.metadata.event_id == a.metadata.correlation_id)
@@ -140,9 +145,14 @@ async def test_no_drift_is_silent_then_shift_and_new_category_alert(
     assert v2_windows and all(c.drifted for w in v2_windows for c in w.columns if c.column == "risky_category")
 
 
-async def test_labels_join_from_either_side_and_concept_drift_alerts(
-        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher) -> None:
-    svc = services("registry", "monitor", env={"monitor": WINDOWS})
+async def test_labels_join_from_either_side_and_concept_drift_alerts_then_retrains(
+        isolated: dict[str, str], services: Callable[..., ServiceSet], publisher: Publisher, tmp_path: Path) -> None:
+    # the fraud spec, waiting for 100 labels after an alert instead of 1,500
+    spec = (default_dir() / "fraud.yaml").read_text().replace("min_rows: 1500", "min_rows: 100")
+    assert "min_rows: 100" in spec
+    (tmp_path / "fraud.yaml").write_text(spec)
+    svc = services("registry", "monitor", "retrainer", env={"monitor": WINDOWS,
+                                                             "retrainer": {"LOOPLINE_MODELS_DIR": str(tmp_path)}})
     rng = np.random.default_rng(9)
     v = await register_signed_model(isolated, svc.addr("registry"), "fraud", reference_x=transactions(3000, rng))
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
@@ -171,6 +181,16 @@ async def test_labels_join_from_either_side_and_concept_drift_alerts(
     assert perf_alerts[0].value < perf_alerts[0].threshold
     assert [a for a in await _alerts(isolated, labels=True) if a.kind == "feature_drift"] == [], \
         "the inputs did not move: only labels show this drift"
+    # the retrainer's policy asks for a version trained on what arrived since the onset, once 100 more labels came
+    more = transactions(150, rng)
+    ids = await feed.predictions(more, 600, scores=np.clip(rng.normal(0.3, 0.2, 150), 0.0, 1.0))
+    await feed.labels(ids, (rng.random(150) < 0.3).astype(float))
+    retrained = {namer.group("retrainer-labels"): [namer.labels("transactions")],
+                 namer.group("retrainer"): [namer.alerts()]}
+    [req] = [TrainingRequested.FromString(r.value) for r in await quiet(
+        isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer.training_requests(), 1, wait_s=0, settled=retrained)]
+    assert req.trigger == "performance" and json.loads(req.evidence)
+    assert abs(req.window_start.ToNanoseconds() - perf_alerts[0].onset.ToNanoseconds()) < 1e6
 
     # a label for an event no prediction ever had: kept for the TTL, then dead-lettered with the reason
     await feed.labels(["never-predicted"], np.array([1.0]))

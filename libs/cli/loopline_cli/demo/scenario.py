@@ -25,7 +25,7 @@ class ScenarioConfig:
     """v1 learns from the most recent rows only: the first simulated day is a cold start in which
     every customer's 24h aggregates are still filling up, unlike anything served later."""
     scored_before_drift: int = 1200
-    scored_after_promotion: int = 500
+    scored_after_promotion: int = 800
     """Enough for the monitor to evaluate the new champion's own windows against its own profile."""
     label_delay_s: float = 3.0
     deadline_s: float = 240.0

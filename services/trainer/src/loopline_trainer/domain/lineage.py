@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline_ml import artifact
-from loopline_ml.profile import build_profile
+from loopline_ml.profile import build_profile, column_profile
 from loopline_ml.provenance import dir_digest
 
 from loopline_trainer.domain.snapshot import Snapshot, decode
@@ -46,8 +47,11 @@ def train_to_dir(snap: Snapshot, params: Params, into: Path, init: Weights | Non
     mon = json.loads(json.dumps(dict(monitoring or {}), sort_keys=True))  # one form, as refit reads it back
     categorical = set(mon.get("categorical", []))
     types = {n: "cat" if n in categorical else "num" for n in rows.feature_names}
-    x = rows.x  # the whole training window (train, validation, test): the world the version was fitted for
-    profile = build_profile(x, rows.feature_names, types, fitted.model.predict(x).ravel(), mon)
+    # the inputs of the whole training window: the world the version was fitted for; its scores on the rows
+    # it did not fit (validation and test): scores on its own training rows are more confident than live ones
+    profile = build_profile(rows.x, rows.feature_names, types, None, mon)
+    held_out = rows.x[split.validation.start:]
+    profile["prediction"] = column_profile(fitted.model.predict(held_out).ravel().astype(np.float64), "num")
     artifact.save(into, fitted.model, profile)
     return Trained(rows, split, fitted, dir_digest(into))
 
