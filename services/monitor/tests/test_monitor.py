@@ -8,6 +8,7 @@ and labels go to the dead letters with the reason and the monitor goes on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -27,7 +28,7 @@ from loopline_ml.spec import default_dir
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, quiet, register_signed_model, transactions
 
-WINDOWS = {"LOOPLINE_MONITOR_WINDOWS": '["count:500/100"]', "LOOPLINE_MONITOR_REPEAT_S": "3600",
+WINDOWS = {"LOOPLINE_MONITOR_WINDOWS": '["count:1000/200"]', "LOOPLINE_MONITOR_REPEAT_S": "3600",
            "LOOPLINE_MONITOR_REPORT_EVERY": "0", "LOOPLINE_MONITOR_PERF_EVERY": "100",
            "LOOPLINE_MONITOR_PERF_MIN": "200", "LOOPLINE_MONITOR_LABEL_TTL_S": "2",
            "LOOPLINE_MONITOR_LABEL_SWEEP_S": "1"}
@@ -95,17 +96,17 @@ async def test_no_drift_is_silent_then_shift_and_new_category_alert(
     feed = Feed(publisher, TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"]), v1.version)
 
     # no drift: six windows of the reference's own distribution, not one alert
-    await feed.predictions(transactions(1000, rng), 0)
+    await feed.predictions(transactions(2000, rng), 0)
     assert await _alerts(isolated) == [], "no drift, no alert"
     clean = await _windows(isolated)
-    assert len(clean) == 6 and all(w.window == "count:500/100" and w.window_size == 500 for w in clean)
+    assert len(clean) == 6 and all(w.window == "count:1000/200" and w.window_size == 1000 for w in clean)
     assert all(len(w.columns) == len(FEATURES) and w.prediction.stattest for w in clean)
     assert {c.stattest for w in clean for c in w.columns} >= {"wasserstein", "jensenshannon"}, \
         "Evidently's defaults for a reference over 1000 rows: Wasserstein (numeric), Jensen-Shannon (categorical)"
     last_clean_end = max(w.window_end.ToNanoseconds() / 1e9 for w in clean)
 
     # covariate shift: bigger amounts, more night-time and more transactions per day
-    await feed.predictions(transactions(600, rng, amount_scale=2.5, night=0.5, extra_txns=3), 1000)
+    await feed.predictions(transactions(1000, rng, amount_scale=2.5, night=0.5, extra_txns=3), 2000)
     alerts = await _alerts(isolated)
     drift = [a for a in alerts if a.kind == "feature_drift"]
     assert len({a.episode_id for a in drift}) == 1, f"one episode, got {[(a.kind, a.summary) for a in alerts]}"
@@ -114,17 +115,21 @@ async def test_no_drift_is_silent_then_shift_and_new_category_alert(
     # within the hour-long repeat interval, only an escalation to critical says it again
     assert all(r.repeat == i + 2 and r.severity == "critical" for i, r in enumerate(drift[1:])) and len(drift) <= 2
     windows = [w for w in await _windows(isolated) if w.model_version == v1.version]
-    shifted = [w for w in windows if w.window_end.ToNanoseconds() / 1e9 >= feed.t0 + 1000]
+    shifted = [w for w in windows if w.window_end.ToNanoseconds() / 1e9 >= feed.t0 + 2000]
     raised_at = next(i for i, w in enumerate(shifted) if w.metadata.event_id == a.metadata.correlation_id)
     assert raised_at < 3, "detected within three windows of the shift"
     drifted = {c.column for c in a.columns if c.drifted}
     assert {"amount", "log_amount", "txn_count_24h", "night"} <= drifted, drifted
     assert a.value >= 0.5 and a.threshold in (0.5, 0.75)
     onset = a.onset.ToNanoseconds() / 1e9
-    assert last_clean_end <= onset <= feed.t0 + 1000 + 500, "onset: where the last clean window ended"
+    assert last_clean_end <= onset <= feed.t0 + 2000 + 1000, "onset: where the last clean window ended"
     store = ObjectStore(isolated["LOOPLINE_S3_ENDPOINT"], isolated["LOOPLINE_S3_ACCESS_KEY"],
                         isolated["LOOPLINE_S3_SECRET_KEY"])
     bucket, key = a.report_uri.removeprefix("s3://").split("/", 1)
+    deadline = time.monotonic() + 60  # rendered off the consumer path, shortly after the alert
+    while not await store.exists(bucket, a.report_json_uri.removeprefix("s3://").split("/", 1)[1]):
+        assert time.monotonic() < deadline, "Evidently's report of the alerting window was stored"
+        await asyncio.sleep(0.5)
     html = (await store.get_bytes(bucket, key)).decode()
     assert "<html" in html and "amount" in html and "Drift" in html, "Evidently's own HTML report of that window"
     bucket, key = a.report_json_uri.removeprefix("s3://").split("/", 1)
@@ -136,7 +141,7 @@ async def test_no_drift_is_silent_then_shift_and_new_category_alert(
         "the monitor's statistics are Evidently's own on that window"
 
     # a new category on another version: risky_category takes a value its reference never had
-    x = transactions(700, rng)
+    x = transactions(1400, rng)
     x[:, FEATURES.index("risky_category")] = 2.0
     await feed.predictions(x, 5000, version=v2.version)
     quality = [a for a in await _alerts(isolated) if a.model_version == v2.version]
@@ -151,7 +156,8 @@ async def test_labels_join_from_either_side_and_concept_drift_alerts_then_retrai
     spec = (default_dir() / "fraud.yaml").read_text().replace("min_rows: 1500", "min_rows: 100")
     assert "min_rows: 100" in spec
     (tmp_path / "fraud.yaml").write_text(spec)
-    svc = services("registry", "monitor", "retrainer", env={"monitor": WINDOWS,
+    watch = {**WINDOWS, "LOOPLINE_MONITOR_WINDOWS": '["count:500/100"]'}  # windows of these 750 predictions
+    svc = services("registry", "monitor", "retrainer", env={"monitor": watch,
                                                              "retrainer": {"LOOPLINE_MODELS_DIR": str(tmp_path)}})
     rng = np.random.default_rng(9)
     v = await register_signed_model(isolated, svc.addr("registry"), "fraud", reference_x=transactions(3000, rng))

@@ -30,8 +30,9 @@ MONITOR_ENV = {"LOOPLINE_MONITOR_WINDOWS": '["count:500/100"]', "LOOPLINE_MONITO
 
 
 def service_env() -> dict[str, dict[str, str]]:
-    """The demo's settings beside the defaults: Evidently's report only for windows that cross a drift
-    check (each is ~4 MB of HTML); the retraining policy comes from models/fraud.yaml."""
+    """The demo's settings beside the defaults: windows of 500 predictions (a few minutes of traffic must show
+    the new champion's own windows), Evidently's report only for windows that cross a drift check (each is
+    ~4 MB of HTML); the retraining policy comes from models/fraud.yaml."""
     return {"monitor": MONITOR_ENV}
 
 
@@ -125,6 +126,8 @@ async def _evidently_reports(store: ObjectStore, raised: list[AlertRaised], out_
         if not a.report_uri or a.report_uri in links:
             continue
         bucket, key = a.report_uri.removeprefix("s3://").split("/", 1)
+        if not await store.exists(bucket, key):  # rendered off the monitor's consumer path: not there yet
+            continue
         name = f"loopline-demo-{stamp}.evidently-v{a.model_version}-{len(links) + 1}.html"
         await asyncio.to_thread((out_dir / name).write_bytes, await store.get_bytes(bucket, key))
         links[a.report_uri] = name

@@ -33,7 +33,8 @@ async def main(stop: asyncio.Event) -> None:
     relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
     await relay.start()
     store = MonitorStore(pool)
-    watch = Watch(store, refs, Reports(objects), relay, rt.namer, settings)
+    reports = Reports(objects)
+    watch = Watch(store, refs, reports, relay, rt.namer, settings)
     lock = asyncio.Lock()  # the two consumers share the watch's in-memory state
     predictions = PredictionHandler(store, watch, lock)
     labels = LabelHandler(store, watch, lock, rt.publisher, rt.namer, settings)
@@ -42,11 +43,14 @@ async def main(stop: asyncio.Event) -> None:
     rt.consumer([rt.namer.labels(settings.monitor_dataset)], labels.decode, labels.on_label,
                 group=rt.namer.group("monitor-labels"))
     sweep = asyncio.create_task(labels.sweep(stop))
+    rendering = asyncio.create_task(reports.run())
 
-    async def finish_sweep() -> None:
+    async def finish_background() -> None:
         await sweep
+        await reports.close()  # the reports already queued are stored before the store closes
+        await rendering
 
-    rt.closers += [refs.close, pool.close, relay.stop, finish_sweep]  # reversed at stop
+    rt.closers += [refs.close, pool.close, relay.stop, finish_background]  # reversed at stop
     await serve_until(rt, stop)
 
 

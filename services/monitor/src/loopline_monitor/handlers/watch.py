@@ -157,9 +157,10 @@ class Watch:
         crossed = [f for f in ev.findings if f.crossed]
         every = self.s.monitor_report_every
         report = ("", "")
-        if any(f.kind in DRIFT_KINDS for f in crossed) or (every and count % every == 0):
-            report = await self.reports.store(w.model, w.version, spec, snap.end, snap.last_seq, w.profile,
-                                              snap.columns, snap.prediction)
+        drifted = any(f.kind in DRIFT_KINDS for f in crossed)
+        if drifted or (every and count % every == 0):
+            report = self.reports.submit(w.model, w.version, spec, snap.end, snap.last_seq, w.profile, snap.columns,
+                                         snap.prediction, crossed=drifted)
         eid = derived_id("window", w.model, str(w.version), spec, str(snap.last_seq))
         record = WindowEvaluated(
             metadata=metadata("monitor", eid), model_name=w.model, model_version=w.version, window=spec,
