@@ -43,6 +43,7 @@ class LabelHandler:
                                                 record.key, record.topic)
             if joined:
                 await self.watch.add_labels(joined)
+                await self.watch.flush()
 
     async def sweep(self, stop: asyncio.Event) -> None:
         """Dead-letter labels that waited longer than the TTL for their prediction, every sweep interval."""

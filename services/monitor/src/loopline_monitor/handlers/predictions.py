@@ -72,15 +72,17 @@ class PredictionHandler:
             added, joined = await self.store.add(rows)
             m.PREDICTIONS.labels(items[0].value.model_name, "repeat").inc(len(rows) - len(added))
             by_version: dict[tuple[str, int], list[Row]] = {}
-            for p, seq in added:
-                by_version.setdefault((p.model, p.version), []).append(
-                    Row(seq, p.at, tuple(p.inputs), p.score, p.latency_ms, p.failed, p.out_of_range))
+            for new_row, seq in added:
+                by_version.setdefault((new_row.model, new_row.version), []).append(
+                    Row(seq, new_row.at, tuple(new_row.inputs), new_row.score, new_row.latency_ms, new_row.failed,
+                        new_row.out_of_range))
             for (model, version), new in by_version.items():
                 w = await self.watch.version(model, version)
                 w.rejected += self.rejected.pop((model, version), 0)
                 m.PREDICTIONS.labels(model, "added").inc(len(new))
                 await self.watch.add_rows(w, new)
             await self.watch.add_labels(joined)
+            await self.watch.flush()
 
 
 def _problem(p: PredictionLogged) -> str:

@@ -83,6 +83,7 @@ class Watch:
                                           str(x.get("kind", "*")), float(x.get("until", float("inf"))),
                                           str(x.get("reason", ""))) for x in settings.monitor_silences]
         self.watched: dict[tuple[str, int], Watched] = {}
+        self._unflushed = False
 
     async def version(self, model: str, version: int) -> Watched:
         """The watch over one version, rebuilt from the store the first time it is seen (NOT_FOUND from the
@@ -245,7 +246,7 @@ class Watch:
             m.ALERTS.labels(a.model_name, a.kind, a.severity).inc()
             log.warning("alert", extra={"model": a.model_name, "version": a.model_version, "kind": a.kind,
                                         "severity": a.severity, "summary": a.summary, "repeat": a.repeat})
-        await self.outbox.flush(self.s.outbox_flush_s)
+        self._unflushed = True
 
     async def _no_profile(self, w: Watched) -> None:
         """A version without a reference profile: drift is not evaluated; one critical data-quality alert
@@ -265,4 +266,11 @@ class Watch:
                                              message_type=AlertRaised.DESCRIPTOR.full_name)])
         m.ALERTS.labels(w.model, "data_quality", "critical").inc()
         log.warning("no reference profile", extra={"model": w.model, "version": w.version})
-        await self.outbox.flush(self.s.outbox_flush_s)
+        self._unflushed = True
+
+    async def flush(self) -> None:
+        """Once per batch, not per evaluation: wait for the relay to publish what this batch's evaluations
+        committed to the outbox (they would go out anyway; this keeps alerts prompt)."""
+        if self._unflushed:
+            self._unflushed = False
+            await self.outbox.flush(self.s.outbox_flush_s)
