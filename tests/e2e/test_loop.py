@@ -22,7 +22,6 @@ from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-DRIFT = ("feature_drift", "prediction_drift")
 
 
 async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
@@ -90,8 +89,9 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
 async def _new_champion_watched_against_its_own_profile(isolated: dict[str, str], namer: TopicNamer,
                                                         result: ScenarioResult) -> None:
     """The new champion is watched against its own training profile: live traffic after the drift is what it
-    learned, so the windows after its promotion raise no drift alarm (read once the monitor has taken in
-    every prediction: it may trail the scenario's end)."""
+    learned, so the windows after its promotion raise no feature-drift alarm (read once the monitor has taken
+    in every prediction: it may trail the scenario's end). Its prediction reference is its scores on ~600
+    held-out rows, where Evidently picks KS at 5 %: a chance prediction_drift warning stays possible there."""
     new, bootstrap = result.final_version, isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
     promoted = result.promoted_at or 0.0
     settled = {namer.group("monitor"): [namer.predictions("fraud")]}
@@ -102,7 +102,7 @@ async def _new_champion_watched_against_its_own_profile(isolated: dict[str, str]
     after = [w for w in evaluations if w.model_version == new and w.window.startswith("count:")
              and w.window_start.ToNanoseconds() / 1e9 >= promoted]
     assert promoted and after, f"v{new}'s windows after its promotion were evaluated"
-    alarms = [(a.kind, a.summary) for a in raised if a.model_version == new and a.kind in DRIFT
+    alarms = [(a.kind, a.summary) for a in raised if a.model_version == new and a.kind == "feature_drift"
               and a.window_start.ToNanoseconds() / 1e9 >= promoted]
     assert not alarms, alarms
     # the monitor's own rolling AUC from delayed labels, per version
