@@ -92,3 +92,34 @@ def cli(name: str, args: argparse.Namespace, run: Callable[[argparse.Namespace],
         signal.signal(signal.SIGTERM, previous)
     show(result)
     console.print(f"figures written to {save(result, result.get('name', name)).relative_to(ROOT)}")
+
+
+class BareProcess:
+    """A benchmark's peer (``python -m <module> <args>``) as its own OS process, as each platform service is,
+    stopped by its own pid."""
+
+    def __init__(self, module: str, args: Sequence[str], log: Path) -> None:
+        self.args = [sys.executable, "-m", module, *args]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"bare loop exited ({self.proc.returncode}): {' | '.join(tail)}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)

@@ -37,7 +37,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -54,7 +53,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, cli, code_under_test, create_database, machine, print_context
+from bench.common import ROOT, BareProcess, cli, code_under_test, create_database, machine, print_context
 from bench.pipeline import sigterm_cancels_this_task
 
 MODEL = "fraud"
@@ -205,36 +204,6 @@ async def watch_commits(bootstrap: str, group: str, base: Offsets, ends: Offsets
 # ---- the two consumers ------------------------------------------------------------------------
 
 
-class BareProcess:
-    """The peer as its own OS process (as the monitor is), stopped by its own pid."""
-
-    def __init__(self, bootstrap: str, topic: str, group: str, log: Path) -> None:
-        self.args = [sys.executable, "-m", "bench.monitor_bare", bootstrap, topic, group]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"bare loop exited ({self.proc.returncode}): {' | '.join(tail)}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
 def scrape(port: int) -> dict[str, Any]:
     """The monitor's own figures from its /metrics: evaluation cost, predictions by outcome, batches."""
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
@@ -343,8 +312,8 @@ async def run_bare(s: Setup, k: int, base: Offsets, ends: Offsets, limit_s: floa
     from loopline_core.kafka import TopicNamer  # noqa: PLC0415
 
     namer = TopicNamer(s.prefix)
-    bare = BareProcess(s.env["LOOPLINE_KAFKA_BOOTSTRAP"], namer.predictions(MODEL), namer.group("monitor-bare"),
-                       s.work / "logs" / f"bare-{k}.log")
+    bare = BareProcess("bench.monitor_bare", [s.env["LOOPLINE_KAFKA_BOOTSTRAP"], namer.predictions(MODEL),
+                                              namer.group("monitor-bare")], s.work / "logs" / f"bare-{k}.log")
     spawned = time.perf_counter()
     bare.start()
 

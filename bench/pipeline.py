@@ -27,21 +27,19 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, cli, code_under_test, create_database, machine, print_context, terminate
+from bench.common import ROOT, BareProcess, cli, code_under_test, create_database, machine, print_context, terminate
 
 DATASET = "transactions"
 PARTITIONS = 3
@@ -382,36 +380,6 @@ async def warm_up(producer: AIOKafkaProducer, pipes: Sequence[Pipeline], workloa
 
 
 
-class BareProcess:
-    """The peer as its own OS process (as each platform service is), stopped by its own pid."""
-
-    def __init__(self, bootstrap: str, source: str, dest: str, group: str, log: Path) -> None:
-        self.args = [sys.executable, "-m", "bench.bare_loop", bootstrap, source, dest, group]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"bare loop exited ({self.proc.returncode}): {' | '.join(tail)}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
 async def run_benchmarks(args: argparse.Namespace, env: dict[str, str], prefix: str) -> dict[str, Any]:
     with sigterm_cancels_this_task():
         return await _run_benchmarks(args, env, prefix)
@@ -506,7 +474,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env = {**state.env, "LOOPLINE_POSTGRES_DSN": dsn, "LOOPLINE_TOPIC_PREFIX": prefix}
         services = ServiceSet(env, work / "logs")
         services.start(progress=lambda m: console.print(f"  {m}"), names=("ingest", "validator"))
-        bare = BareProcess(bootstrap, f"{prefix}.bench.bare-in", f"{prefix}.bench.bare-out", f"{prefix}.bare",
+        bare = BareProcess("bench.bare_loop", [bootstrap, f"{prefix}.bench.bare-in", f"{prefix}.bench.bare-out",
+                                                f"{prefix}.bare"],
                            work / "logs" / "bare.log")
         bare.start()
         global alive_check  # noqa: PLW0603 - one run per process; the readers poll it while waiting
