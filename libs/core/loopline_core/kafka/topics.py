@@ -33,6 +33,17 @@ class TopicNamer:
     def predictions(self, model: str) -> str:
         return f"{self.prefix}.predictions.{model}"
 
+    def generations(self, model: str) -> str:
+        """One event per LLM request served (redacted text, tokens, cost, guardrails)."""
+        return f"{self.prefix}.generations.{model}"
+
+    def guardrails(self, model: str) -> str:
+        return f"{self.prefix}.guardrails.{model}"
+
+    def feedback(self, model: str) -> str:
+        """Ratings of generations (thumbs, scores, corrections), keyed by request id."""
+        return f"{self.prefix}.feedback.{model}"
+
     def training_requests(self) -> str:
         return f"{self.prefix}.training.requests"
 
@@ -65,7 +76,7 @@ class TopicNamer:
         return f"{self.prefix}.{service}"
 
     def platform_topics(self, datasets: tuple[str, ...] = ("transactions",),
-                        models: tuple[str, ...] = ("fraud",)) -> list[str]:
+                        models: tuple[str, ...] = ("fraud",), llms: tuple[str, ...] = ("tiny-llama",)) -> list[str]:
         """The topics the local stack creates up front."""
         names = [self.training_requests(), self.training_results(), self.model_events(), self.alerts(),
                  self.evaluations()]
@@ -73,4 +84,6 @@ class TopicNamer:
             names += [self.raw(d), self.ingested(d), self.valid(d), self.dlq(d), self.labels(d),
                       self.validation_failed(d)]
         names += [self.predictions(m) for m in models]
+        for m in llms:
+            names += [self.generations(m), self.guardrails(m), self.feedback(m)]
         return names

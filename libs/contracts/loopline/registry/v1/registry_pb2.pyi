@@ -717,6 +717,7 @@ class ModelVersion(_message.Message):
     EXPORTS_FIELD_NUMBER: _builtins.int
     MODEL_CARD_URI_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
+    FLAVOR_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.int
     artifact_uri: _builtins.str
@@ -729,6 +730,10 @@ class ModelVersion(_message.Message):
     stage: Global___Stage.ValueType
     model_card_uri: _builtins.str
     """s3:// of the model card's JSON (the Markdown lies beside it, same name with .md)."""
+    flavor: _builtins.str
+    """What the artifact is: "" or "mlp" (a scoring network, model.pt), "llm" (a Hugging Face causal-LM
+    directory: config.json, tokenizer.json, model.safetensors) that inference serves through vLLM.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -775,10 +780,11 @@ class ModelVersion(_message.Message):
         exports: _abc.Iterable[Global___Export] | None = ...,
         model_card_uri: _builtins.str = ...,
         approval: Global___Approval | None = ...,
+        flavor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "created_at", b"created_at", "gate", b"gate", "run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "approval", b"approval", "artifact_uri", b"artifact_uri", "created_at", b"created_at", "dataset_digest", b"dataset_digest", "exports", b"exports", "feature_names", b"feature_names", "gate", b"gate", "metrics", b"metrics", "model_card_uri", b"model_card_uri", "model_name", b"model_name", "params", b"params", "run", b"run", "run_id", b"run_id", "signature_uri", b"signature_uri", "signer_key_id", b"signer_key_id", "slices", b"slices", "stage", b"stage", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "approval", b"approval", "artifact_uri", b"artifact_uri", "created_at", b"created_at", "dataset_digest", b"dataset_digest", "exports", b"exports", "feature_names", b"feature_names", "flavor", b"flavor", "gate", b"gate", "metrics", b"metrics", "model_card_uri", b"model_card_uri", "model_name", b"model_name", "params", b"params", "run", b"run", "run_id", b"run_id", "signature_uri", b"signature_uri", "signer_key_id", b"signer_key_id", "slices", b"slices", "stage", b"stage", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1783,3 +1789,358 @@ class ModelChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelChanged: _TypeAlias = ModelChanged  # noqa: Y015
+
+@_typing.final
+class PromptVersion(_message.Message):
+    """PromptVersion is one immutable version of a prompt template."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SAMPLING_PARAMETERS_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    template: _builtins.str
+    """The template; variables are written {{name}} (Mustache style, as MLflow's prompt registry)."""
+    model_name: _builtins.str
+    """The model the prompt was written for; a request through this prompt is served by it."""
+    model_version: _builtins.int
+    """The model version it was validated with (0: whichever holds the model's champion alias)."""
+    sampling_parameters: _builtins.str
+    """Default sampling parameters as a JSON object (vLLM's names: temperature, top_p, max_tokens, ...);
+    a request's own parameters override these.
+    """
+    digest: _builtins.str
+    """sha256 over the canonical JSON of template, model binding and sampling parameters."""
+    description: _builtins.str
+    author: _builtins.str
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The variables the template uses, sorted (derived from the template; a request must give each)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        template: _builtins.str = ...,
+        variables: _abc.Iterable[_builtins.str] | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        sampling_parameters: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        description: _builtins.str = ...,
+        author: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "author", b"author", "created_at", b"created_at", "description", b"description", "digest", b"digest", "model_name", b"model_name", "model_version", b"model_version", "name", b"name", "sampling_parameters", b"sampling_parameters", "template", b"template", "variables", b"variables", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptVersion: _TypeAlias = PromptVersion  # noqa: Y015
+
+@_typing.final
+class CreatePromptVersionRequest(_message.Message):
+    """CreatePromptVersionRequest carries a new version (its number is assigned by the registry)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def prompt(self) -> Global___PromptVersion: ...
+    def __init__(
+        self,
+        *,
+        prompt: Global___PromptVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePromptVersionRequest: _TypeAlias = CreatePromptVersionRequest  # noqa: Y015
+
+@_typing.final
+class CreatePromptVersionResponse(_message.Message):
+    """CreatePromptVersionResponse returns the stored version; created is false when its digest already existed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    @_builtins.property
+    def prompt(self) -> Global___PromptVersion: ...
+    def __init__(
+        self,
+        *,
+        prompt: Global___PromptVersion | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatePromptVersionResponse: _TypeAlias = CreatePromptVersionResponse  # noqa: Y015
+
+@_typing.final
+class GetPromptRequest(_message.Message):
+    """GetPromptRequest names a prompt and one of version or alias (neither: the latest version)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    alias: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromptRequest: _TypeAlias = GetPromptRequest  # noqa: Y015
+
+@_typing.final
+class GetPromptResponse(_message.Message):
+    """GetPromptResponse holds the prompt version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def prompt(self) -> Global___PromptVersion: ...
+    def __init__(
+        self,
+        *,
+        prompt: Global___PromptVersion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromptResponse: _TypeAlias = GetPromptResponse  # noqa: Y015
+
+@_typing.final
+class ListPromptVersionsRequest(_message.Message):
+    """ListPromptVersionsRequest names a prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromptVersionsRequest: _TypeAlias = ListPromptVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListPromptVersionsResponse(_message.Message):
+    """ListPromptVersionsResponse holds every version, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptVersion]: ...
+    def __init__(
+        self,
+        *,
+        prompts: _abc.Iterable[Global___PromptVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPromptVersionsResponse: _TypeAlias = ListPromptVersionsResponse  # noqa: Y015
+
+@_typing.final
+class SetPromptAliasRequest(_message.Message):
+    """SetPromptAliasRequest moves a prompt alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    alias: _builtins.str
+    version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    expected_version: _builtins.int
+    """Compare-and-set: the version the caller believes holds the alias now (0: none). Unset: unconditional."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        expected_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "expected_version", b"expected_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version", "actor", b"actor", "alias", b"alias", "expected_version", b"expected_version", "name", b"name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_version: _TypeAlias = _typing.Literal["expected_version"]  # noqa: Y015
+    _WhichOneofArgType__expected_version: _TypeAlias = _typing.Literal["_expected_version", b"_expected_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_version) -> _WhichOneofReturnType__expected_version | None: ...
+
+Global___SetPromptAliasRequest: _TypeAlias = SetPromptAliasRequest  # noqa: Y015
+
+@_typing.final
+class SetPromptAliasResponse(_message.Message):
+    """SetPromptAliasResponse returns the version the alias now points at and where it pointed before."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    previous_version: _builtins.int
+    @_builtins.property
+    def prompt(self) -> Global___PromptVersion: ...
+    def __init__(
+        self,
+        *,
+        prompt: Global___PromptVersion | None = ...,
+        previous_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_version", b"previous_version", "prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPromptAliasResponse: _TypeAlias = SetPromptAliasResponse  # noqa: Y015
+
+@_typing.final
+class GetPromptAliasHistoryRequest(_message.Message):
+    """GetPromptAliasHistoryRequest names a prompt and optionally one alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    alias: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromptAliasHistoryRequest: _TypeAlias = GetPromptAliasHistoryRequest  # noqa: Y015
+
+@_typing.final
+class PromptAliasChange(_message.Message):
+    """PromptAliasChange is one move of a prompt alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    alias: _builtins.str
+    from_version: _builtins.int
+    to_version: _builtins.int
+    actor: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "at", b"at", "from_version", b"from_version", "name", b"name", "reason", b"reason", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptAliasChange: _TypeAlias = PromptAliasChange  # noqa: Y015
+
+@_typing.final
+class GetPromptAliasHistoryResponse(_message.Message):
+    """GetPromptAliasHistoryResponse holds the moves, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptAliasChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___PromptAliasChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPromptAliasHistoryResponse: _TypeAlias = GetPromptAliasHistoryResponse  # noqa: Y015

@@ -115,6 +115,31 @@ class RegistryServiceStub(object):
                 request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
                 response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageResponse.FromString,
                 _registered_method=True)
+        self.CreatePromptVersion = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/CreatePromptVersion',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.CreatePromptVersionRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.CreatePromptVersionResponse.FromString,
+                _registered_method=True)
+        self.GetPrompt = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/GetPrompt',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptResponse.FromString,
+                _registered_method=True)
+        self.ListPromptVersions = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/ListPromptVersions',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListPromptVersionsRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListPromptVersionsResponse.FromString,
+                _registered_method=True)
+        self.SetPromptAlias = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/SetPromptAlias',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetPromptAliasRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetPromptAliasResponse.FromString,
+                _registered_method=True)
+        self.GetPromptAliasHistory = channel.unary_unary(
+                '/loopline.registry.v1.RegistryService/GetPromptAliasHistory',
+                request_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptAliasHistoryRequest.SerializeToString,
+                response_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptAliasHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer(object):
@@ -233,6 +258,42 @@ class RegistryServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePromptVersion(self, request, context):
+        """CreatePromptVersion stores a prompt template as the next version of its name. Idempotent on the
+        content digest: the same template, variables, binding and sampling return the existing version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrompt(self, request, context):
+        """GetPrompt returns one version of a prompt, named by version or by alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPromptVersions(self, request, context):
+        """ListPromptVersions returns every version of a prompt, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPromptAlias(self, request, context):
+        """SetPromptAlias points an alias (production, candidate) at a prompt version; compare-and-set as SetAlias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPromptAliasHistory(self, request, context):
+        """GetPromptAliasHistory returns every move of a prompt's aliases, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +376,31 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetLineage,
                     request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
                     response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageResponse.SerializeToString,
+            ),
+            'CreatePromptVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePromptVersion,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.CreatePromptVersionRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.CreatePromptVersionResponse.SerializeToString,
+            ),
+            'GetPrompt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrompt,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptResponse.SerializeToString,
+            ),
+            'ListPromptVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPromptVersions,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListPromptVersionsRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.ListPromptVersionsResponse.SerializeToString,
+            ),
+            'SetPromptAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPromptAlias,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetPromptAliasRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.SetPromptAliasResponse.SerializeToString,
+            ),
+            'GetPromptAliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPromptAliasHistory,
+                    request_deserializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptAliasHistoryRequest.FromString,
+                    response_serializer=loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptAliasHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -750,6 +836,141 @@ class RegistryService(object):
             '/loopline.registry.v1.RegistryService/GetLineage',
             loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
             loopline_dot_registry_dot_v1_dot_registry__pb2.GetLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePromptVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/CreatePromptVersion',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.CreatePromptVersionRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.CreatePromptVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrompt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/GetPrompt',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPromptVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/ListPromptVersions',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ListPromptVersionsRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.ListPromptVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPromptAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/SetPromptAlias',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.SetPromptAliasRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.SetPromptAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPromptAliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loopline.registry.v1.RegistryService/GetPromptAliasHistory',
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptAliasHistoryRequest.SerializeToString,
+            loopline_dot_registry_dot_v1_dot_registry__pb2.GetPromptAliasHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

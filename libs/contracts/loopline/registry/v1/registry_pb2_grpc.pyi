@@ -65,6 +65,18 @@ class RegistryServiceStub:
     """Rollback moves an alias back to the version that held it before its current holder, in one call."""
     GetLineage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.GetLineageResponse]
     """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves."""
+    CreatePromptVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreatePromptVersionRequest, _registry_pb2.CreatePromptVersionResponse]
+    """CreatePromptVersion stores a prompt template as the next version of its name. Idempotent on the
+    content digest: the same template, variables, binding and sampling return the existing version.
+    """
+    GetPrompt: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetPromptRequest, _registry_pb2.GetPromptResponse]
+    """GetPrompt returns one version of a prompt, named by version or by alias."""
+    ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListPromptVersionsRequest, _registry_pb2.ListPromptVersionsResponse]
+    """ListPromptVersions returns every version of a prompt, oldest first."""
+    SetPromptAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetPromptAliasRequest, _registry_pb2.SetPromptAliasResponse]
+    """SetPromptAlias points an alias (production, candidate) at a prompt version; compare-and-set as SetAlias."""
+    GetPromptAliasHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetPromptAliasHistoryRequest, _registry_pb2.GetPromptAliasHistoryResponse]
+    """GetPromptAliasHistory returns every move of a prompt's aliases, newest first."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -103,6 +115,18 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Rollback moves an alias back to the version that held it before its current holder, in one call."""
     GetLineage: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetLineageRequest, _registry_pb2.GetLineageResponse]  # type: ignore[assignment]
     """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves."""
+    CreatePromptVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreatePromptVersionRequest, _registry_pb2.CreatePromptVersionResponse]  # type: ignore[assignment]
+    """CreatePromptVersion stores a prompt template as the next version of its name. Idempotent on the
+    content digest: the same template, variables, binding and sampling return the existing version.
+    """
+    GetPrompt: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetPromptRequest, _registry_pb2.GetPromptResponse]  # type: ignore[assignment]
+    """GetPrompt returns one version of a prompt, named by version or by alias."""
+    ListPromptVersions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListPromptVersionsRequest, _registry_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
+    """ListPromptVersions returns every version of a prompt, oldest first."""
+    SetPromptAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetPromptAliasRequest, _registry_pb2.SetPromptAliasResponse]  # type: ignore[assignment]
+    """SetPromptAlias points an alias (production, candidate) at a prompt version; compare-and-set as SetAlias."""
+    GetPromptAliasHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetPromptAliasHistoryRequest, _registry_pb2.GetPromptAliasHistoryResponse]  # type: ignore[assignment]
+    """GetPromptAliasHistory returns every move of a prompt's aliases, newest first."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService keeps models, their versions, aliases, lifecycle, lineage and audit trail."""
@@ -234,5 +258,47 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetLineageResponse, _abc.Awaitable[_registry_pb2.GetLineageResponse]]:
         """GetLineage returns a version's whole chain: raw archive window, snapshot, run, version, alias moves."""
+
+    @_abc_1.abstractmethod
+    def CreatePromptVersion(
+        self,
+        request: _registry_pb2.CreatePromptVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.CreatePromptVersionResponse, _abc.Awaitable[_registry_pb2.CreatePromptVersionResponse]]:
+        """CreatePromptVersion stores a prompt template as the next version of its name. Idempotent on the
+        content digest: the same template, variables, binding and sampling return the existing version.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPrompt(
+        self,
+        request: _registry_pb2.GetPromptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetPromptResponse, _abc.Awaitable[_registry_pb2.GetPromptResponse]]:
+        """GetPrompt returns one version of a prompt, named by version or by alias."""
+
+    @_abc_1.abstractmethod
+    def ListPromptVersions(
+        self,
+        request: _registry_pb2.ListPromptVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListPromptVersionsResponse, _abc.Awaitable[_registry_pb2.ListPromptVersionsResponse]]:
+        """ListPromptVersions returns every version of a prompt, oldest first."""
+
+    @_abc_1.abstractmethod
+    def SetPromptAlias(
+        self,
+        request: _registry_pb2.SetPromptAliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SetPromptAliasResponse, _abc.Awaitable[_registry_pb2.SetPromptAliasResponse]]:
+        """SetPromptAlias points an alias (production, candidate) at a prompt version; compare-and-set as SetAlias."""
+
+    @_abc_1.abstractmethod
+    def GetPromptAliasHistory(
+        self,
+        request: _registry_pb2.GetPromptAliasHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetPromptAliasHistoryResponse, _abc.Awaitable[_registry_pb2.GetPromptAliasHistoryResponse]]:
+        """GetPromptAliasHistory returns every move of a prompt's aliases, newest first."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
