@@ -32,7 +32,7 @@ test: setup ## the whole suite against the real local stack
 
 lint: setup ## ruff, mypy, buf lint and buf breaking (against the released contracts)
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/core libs/ml libs/stack libs/cli services/*/src
+	$(BIN)/mypy libs/core libs/ml libs/llm libs/stack libs/cli services/*/src
 	tools/buf lint protos
 	tools/buf breaking protos --against protos/released/v1.binpb
 

@@ -16,7 +16,7 @@ def test_ruff() -> None:
 
 
 def test_mypy_strict() -> None:
-    targets = ["libs/core", "libs/ml", "libs/stack", "libs/cli", *sorted(str(p.relative_to(ROOT)) for p in
+    targets = ["libs/core", "libs/ml", "libs/llm", "libs/stack", "libs/cli", *sorted(str(p.relative_to(ROOT)) for p in
                                                                           ROOT.glob("services/*/src"))]
     res = subprocess.run([sys.executable, "-m", "mypy", *targets], cwd=ROOT, capture_output=True, text=True,
                          check=False)

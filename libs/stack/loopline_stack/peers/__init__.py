@@ -7,6 +7,7 @@ free loopback ports and is stopped by its own pid.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -24,7 +25,10 @@ from loopline_stack.procs import free_port
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE.parents[3] / ".cache"
-PEERS = ("triton", "kserve")
+PEERS = ("triton", "kserve", "vllm")
+# Packages pip pulls in that must go again (see the requirements file of the peer).
+_ONE_BY_ONE = {"vllm"}
+_REMOVE = {"vllm": ("torchvision", "torchaudio", "torchcodec")}
 
 
 def venv(name: str, progress: Callable[[str], None] = lambda _m: None) -> Path:
@@ -34,20 +38,34 @@ def venv(name: str, progress: Callable[[str], None] = lambda _m: None) -> Path:
     path = CACHE / f"peer-{name}-{digest}"
     if (path / ".complete").is_file():
         return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f"peer-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test run or helper may be building it right now
+        if not (path / ".complete").is_file():
+            _build(name, requirements, path, progress)
+    return path
+
+
+def _build(name: str, requirements: Path, path: Path, progress: Callable[[str], None]) -> None:
     python = shutil.which("python3.11") or sys.executable
     if path.exists():
         shutil.rmtree(path)  # a build that did not finish
     progress(f"building the {name} venv in {path} (once per machine)")
     started = time.monotonic()
     subprocess.run([python, "-m", "venv", str(path)], check=True)
-    result = subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                             "--disable-pip-version-check", "-r", str(requirements)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-8:])
-        raise RuntimeError(f"pip could not build the {name} venv:\n{tail}")
+    pip = [str(path / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    specs = [line.split("#")[0].strip() for line in requirements.read_text().splitlines()]
+    # vLLM: one install per line, in order (torch's CPU build must be in place before vLLM resolves);
+    # the others resolve as one set
+    steps = [[s] for s in specs if s] if name in _ONE_BY_ONE else [["-r", str(requirements)]]
+    for spec in steps:
+        result = subprocess.run([*pip, "install", "--quiet", *spec], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-8:])
+            raise RuntimeError(f"pip could not build the {name} venv ({spec}):\n{tail}")
+    if _REMOVE.get(name):
+        subprocess.run([*pip, "uninstall", "--quiet", "-y", *_REMOVE[name]], capture_output=True, check=False)
     (path / ".complete").write_text(f"built in {time.monotonic() - started:.0f}s\n")
-    return path
 
 
 def _ready(addr: str, model: str, deadline: float, proc: subprocess.Popen[bytes], log: Path) -> None:
