@@ -43,3 +43,24 @@ class QueueDepth(Collector):
         for model, role, variant, rows in self._depths():
             family.add_metric([model, role, variant], rows)
         yield family
+
+
+# ---- LLMs -----------------------------------------------------------------------------------------
+LLM_REQUESTS = Counter("loopline_inference_llm_requests_total", "LLM requests by API and outcome "
+                       "(ok, blocked, cancelled, error)", ["model", "api", "outcome"])
+LLM_TOKENS = Counter("loopline_inference_llm_tokens_total", "Tokens the engine read (prompt) and wrote (completion)",
+                     ["model", "version", "variant", "kind"])
+LLM_COST = Counter("loopline_inference_llm_cost_total", "Cost of generations from the price table",
+                   ["model", "version", "variant", "currency"])
+LLM_TTFT = Histogram("loopline_inference_llm_ttft_seconds", "Time to the first streamed token", ["model"],
+                     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+LLM_TOKEN_LATENCY = Histogram("loopline_inference_llm_token_latency_seconds",
+                              "Time per completion token after the first", ["model"],
+                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+LLM_ENGINE_STARTS = Counter("loopline_inference_llm_engine_starts_total",
+                            "LLM engine starts (started, failed, refused: not an llm artifact or not verified)",
+                            ["model", "outcome"])
+LLM_READY = Gauge("loopline_inference_llm_ready", "1 while the model's LLM engine serves", ["model"])
+GENERATION_LOG_DROPPED = Counter("loopline_inference_generation_log_dropped_total",
+                                 "Generation events not published (queue full, publish failed, shutdown)",
+                                 ["reason"])
