@@ -158,3 +158,40 @@ class RegistryClient:
 
     async def delete_model(self, name: str, *, actor: str, reason: str) -> None:
         await self._call(self._stub.DeleteModel, pb.DeleteModelRequest(name=name, actor=actor, reason=reason))
+
+    # ---- prompts --------------------------------------------------------------------------------
+
+    async def create_prompt(self, prompt: pb.PromptVersion) -> tuple[pb.PromptVersion, bool]:
+        """Store ``prompt`` as its name's next version; (existing, False) when the same content is there."""
+        resp: pb.CreatePromptVersionResponse = await self._call(self._stub.CreatePromptVersion,
+                                                                pb.CreatePromptVersionRequest(prompt=prompt))
+        return resp.prompt, resp.created
+
+    async def get_prompt(self, name: str, version: int = 0, alias: str = "") -> pb.PromptVersion:
+        """One version of a prompt: by ``version``, by ``alias``, or (neither) the newest. Raises
+        LooplineError NOT_FOUND, naming what was asked, when the prompt, version or alias is not there."""
+        resp: pb.GetPromptResponse = await self._call(self._stub.GetPrompt,
+                                                      pb.GetPromptRequest(name=name, version=version, alias=alias))
+        return resp.prompt
+
+    async def prompt_versions(self, name: str) -> list[pb.PromptVersion]:
+        """Every version of a prompt, oldest first (NOT_FOUND when it has none)."""
+        resp: pb.ListPromptVersionsResponse = await self._call(self._stub.ListPromptVersions,
+                                                               pb.ListPromptVersionsRequest(name=name))
+        return list(resp.prompts)
+
+    async def set_prompt_alias(self, name: str, alias: str, version: int, *, actor: str, reason: str,
+                               expected: int | None = None) -> tuple[pb.PromptVersion, int]:
+        """Move a prompt's ``alias`` to ``version``; with ``expected`` (0: unset) only if that is its
+        holder now, else ABORTED with ``details["current_version"]``. Returns (version, previous or 0)."""
+        req = pb.SetPromptAliasRequest(name=name, alias=alias, version=version, actor=actor, reason=reason)
+        if expected is not None:
+            req.expected_version = expected
+        resp: pb.SetPromptAliasResponse = await self._call(self._stub.SetPromptAlias, req)
+        return resp.prompt, resp.previous_version
+
+    async def prompt_history(self, name: str, alias: str = "") -> list[pb.PromptAliasChange]:
+        """Every move of the prompt's aliases (or of one), newest first."""
+        resp: pb.GetPromptAliasHistoryResponse = await self._call(
+            self._stub.GetPromptAliasHistory, pb.GetPromptAliasHistoryRequest(name=name, alias=alias))
+        return list(resp.changes)

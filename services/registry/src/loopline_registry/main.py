@@ -13,6 +13,7 @@ from loopline_core.outbox import Relay
 from loopline_core.service import serve_until, start_runtime
 
 from loopline_registry.adapters.aliases import AliasStore
+from loopline_registry.adapters.prompts import PromptStore
 from loopline_registry.adapters.schema import MIGRATIONS, SCHEMA
 from loopline_registry.adapters.store import RegistryStore
 from loopline_registry.handlers.grpc import RegistryServicer
@@ -26,8 +27,8 @@ async def main(stop: asyncio.Event) -> None:
     await migrate(pool, SCHEMA, MIGRATIONS)
     relay = Relay(pool, SCHEMA, rt.publisher, poll_interval_s=settings.outbox_poll_s)
     await relay.start()
-    servicer = RegistryServicer(RegistryStore(pool, rt.namer), AliasStore(pool, rt.namer, settings.archive_root), relay,
-                                settings.outbox_flush_s)
+    servicer = RegistryServicer(RegistryStore(pool, rt.namer), AliasStore(pool, rt.namer, settings.archive_root),
+                                PromptStore(pool), relay, settings.outbox_flush_s)
     server, port = await start_server(
         [lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)], settings.registry_port,
         ["loopline.registry.v1.RegistryService"])

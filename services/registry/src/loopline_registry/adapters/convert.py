@@ -15,6 +15,7 @@ from loopline_core.errors import invalid
 from loopline_core.events import timestamp
 
 from loopline_registry.domain.models import AliasChange, Lineage, Model, Stage, Version
+from loopline_registry.domain.prompts import PromptAliasChange, PromptVersion, new_version
 
 STAGES: dict[Stage, pb.Stage.ValueType] = {
     Stage.CANDIDATE: pb.STAGE_CANDIDATE, Stage.STAGING: pb.STAGE_STAGING, Stage.PRODUCTION: pb.STAGE_PRODUCTION,
@@ -43,7 +44,7 @@ def to_proto(v: Version) -> pb.ModelVersion:
                         signature_uri=v.signature_uri, signer_key_id=v.signer_key_id,
                         dataset_digest=v.dataset_digest, metrics=v.metrics, params=v.params, run_id=v.run_id,
                         created_at=timestamp(v.created_at), aliases=v.aliases, feature_names=v.feature_names,
-                        stage=STAGES[v.stage], model_card_uri=v.model_card_uri,
+                        stage=STAGES[v.stage], model_card_uri=v.model_card_uri, flavor=v.flavor,
                         slices=[_parse(s, pb.SliceMetrics()) for s in v.slices],
                         exports=[_parse(e, pb.Export()) for e in v.exports])
     if v.gate is not None:
@@ -63,7 +64,7 @@ def from_proto(m: pb.ModelVersion) -> Version:
                    gate={**_dict(m.gate), "passed": m.gate.passed} if m.HasField("gate") else None,
                    run=_dict(m.run) if m.HasField("run") else None,
                    slices=[_dict(s) for s in m.slices], exports=[_dict(e) for e in m.exports],
-                   model_card_uri=m.model_card_uri)
+                   model_card_uri=m.model_card_uri, flavor=m.flavor)
 
 
 def model_to_proto(m: Model) -> pb.Model:
@@ -105,3 +106,21 @@ def lineage_to_proto(lin: Lineage) -> pb.GetLineageResponse:
     if run.HasField("data_to"):
         out.archive.to.CopyFrom(run.data_to)
     return out
+
+
+def prompt_to_proto(p: PromptVersion) -> pb.PromptVersion:
+    return pb.PromptVersion(name=p.name, version=p.version, template=p.template, variables=p.variables,
+                            model_name=p.model_name, model_version=p.model_version,
+                            sampling_parameters=p.sampling_parameters, digest=p.digest, description=p.description,
+                            author=p.author, created_at=timestamp(p.created_at), aliases=p.aliases)
+
+
+def prompt_from_proto(m: pb.PromptVersion, author: str) -> PromptVersion:
+    """A version to create, checked; its number, digest, aliases and time are the registry's to set."""
+    return new_version(m.name, m.template, list(m.variables), m.model_name, m.model_version, m.sampling_parameters,
+                       m.description, author)
+
+
+def prompt_change_to_proto(c: PromptAliasChange) -> pb.PromptAliasChange:
+    return pb.PromptAliasChange(name=c.name, alias=c.alias, from_version=c.from_version, to_version=c.to_version,
+                                actor=c.actor, reason=c.reason, at=timestamp(c.at))

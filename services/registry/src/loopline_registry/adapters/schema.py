@@ -9,6 +9,7 @@ from loopline_core.db import Migration
 from loopline_core.outbox import outbox_migration
 
 from loopline_registry.domain.models import AliasChange, Approval, Model, Stage, Version
+from loopline_registry.domain.prompts import PromptAliasChange, PromptVersion
 
 SCHEMA = "registry"
 MIGRATIONS = [
@@ -54,6 +55,26 @@ MIGRATIONS = [
         alter table models add column rollout jsonb not null default '{}',
             add column variants jsonb not null default '{}';
     """),
+    # What a version's artifact is ("", "mlp", "llm"); prompts as versioned artifacts with aliases and
+    # their moves. (name, digest) is unique: the same content under a name is one version, even when
+    # two creates race past the advisory lock's reader (they cannot, but the table says so too).
+    Migration(5, "flavor_prompts", """
+        alter table model_versions add column flavor text not null default '';
+        create table prompt_versions (
+            name text not null, version int not null, template text not null, variables jsonb not null,
+            model_name text not null, model_version int not null, sampling_parameters text not null,
+            digest text not null, description text not null default '', author text not null default '',
+            created_at timestamptz not null default now(),
+            primary key (name, version), unique (name, digest));
+        create table prompt_aliases (
+            name text not null, alias text not null, version int not null,
+            primary key (name, alias), foreign key (name, version) references prompt_versions);
+        create table prompt_alias_audit (
+            id bigserial primary key, name text not null, alias text not null, from_version int,
+            to_version int not null, actor text not null, reason text not null,
+            at timestamptz not null default now());
+        create index prompt_alias_audit_name on prompt_alias_audit (name, id);
+    """),
 ]
 
 
@@ -73,7 +94,18 @@ def version_from_row(row: asyncpg.Record, aliases: list[str]) -> Version:
         json.loads(row["feature_names"]), _ts(row["created_at"]), aliases, Stage(row["stage"]), row["deleted"],
         _json(row["gate"]), _json(row["run"]), json.loads(row["slices"]),  # type: ignore[arg-type]
         json.loads(row["exports"]), row["model_card_uri"],
-        Approval(**approval) if isinstance(approval, dict) else None)
+        Approval(**approval) if isinstance(approval, dict) else None, row["flavor"])
+
+
+def prompt_from_row(row: asyncpg.Record, aliases: list[str]) -> PromptVersion:
+    return PromptVersion(row["name"], row["version"], row["template"], json.loads(row["variables"]),
+                         row["model_name"], row["model_version"], row["sampling_parameters"], row["digest"],
+                         row["description"], row["author"], _ts(row["created_at"]), aliases)
+
+
+def prompt_change_from_row(row: asyncpg.Record) -> PromptAliasChange:
+    return PromptAliasChange(row["name"], row["alias"], row["from_version"] or 0, row["to_version"], row["actor"],
+                             row["reason"], _ts(row["at"]))
 
 
 def model_from_row(row: asyncpg.Record, aliases: dict[str, int], latest: int) -> Model:

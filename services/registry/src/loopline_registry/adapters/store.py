@@ -91,11 +91,12 @@ class RegistryStore:
                                          "where model_name=$1", v.model_name)
             row = await conn.fetchrow(
                 "insert into model_versions(model_name, version, run_id, artifact_uri, signature_uri, signer_key_id,"
-                " dataset_digest, metrics, params, feature_names, stage, gate, run, slices, exports, model_card_uri)"
-                " values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) returning *",
+                " dataset_digest, metrics, params, feature_names, stage, gate, run, slices, exports, model_card_uri,"
+                " flavor) values ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) returning *",
                 v.model_name, number, v.run_id, v.artifact_uri, v.signature_uri, v.signer_key_id, v.dataset_digest,
                 json.dumps(v.metrics), json.dumps(v.params), json.dumps(v.feature_names), Stage.CANDIDATE.value,
-                _opt_json(v.gate), _opt_json(v.run), json.dumps(v.slices), json.dumps(v.exports), v.model_card_uri)
+                _opt_json(v.gate), _opt_json(v.run), json.dumps(v.slices), json.dumps(v.exports), v.model_card_uri,
+                v.flavor)
             await enqueue(conn, events.registered(self.namer, v.model_name, number))
             return version_from_row(row, []), True
 

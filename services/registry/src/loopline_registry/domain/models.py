@@ -102,6 +102,8 @@ class Model:
 
 
 VARIANTS = ("torch", "onnx", "onnx-int8", "triton")
+FLAVORS = ("", "mlp", "llm")
+LLM = "llm"
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -138,9 +140,12 @@ class Version:
     exports: list[dict[str, Any]] = field(default_factory=list)
     model_card_uri: str = ""
     approval: Approval | None = None
+    flavor: str = ""
+    """What the artifact is: "" or "mlp" (a scoring network), "llm" (a causal LM served through vLLM)."""
 
     def check(self) -> None:
         check_model_name(self.model_name)
+        _one_of("flavor", self.flavor, FLAVORS)
         if not self.artifact_uri.startswith("s3://") or not self.signature_uri.startswith("s3://"):
             raise invalid("artifact_uri and signature_uri must be s3:// URIs")
         if not self.signer_key_id:

@@ -14,12 +14,15 @@ from typing import TypeAlias
 import grpc
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
+from loopline_core.errors import invalid
 from loopline_core.outbox import Relay
 
 from loopline_registry.adapters import convert
 from loopline_registry.adapters.aliases import AliasStore, Move
+from loopline_registry.adapters.prompts import PromptStore
 from loopline_registry.adapters.store import RegistryStore
 from loopline_registry.domain.models import actor_or_default, check_alias, check_model_name, reason_or_default
+from loopline_registry.domain.prompts import check_prompt_alias, check_prompt_name
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 
@@ -34,9 +37,11 @@ def _move(request: pb.SetAliasRequest | pb.DeleteAliasRequest | pb.RollbackReque
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, aliases: AliasStore, relay: Relay, flush_s: float) -> None:
+    def __init__(self, store: RegistryStore, aliases: AliasStore, prompts: PromptStore, relay: Relay,
+                 flush_s: float) -> None:
         self.store = store
         self.aliases = aliases
+        self.prompts = prompts
         self.relay = relay
         self.flush_s = flush_s
 
@@ -146,3 +151,40 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                                       reason_or_default(request.reason))
         await self._flush()
         return pb.DeleteModelResponse()
+
+    # ---- prompts --------------------------------------------------------------------------------
+    # Prompt changes publish no event: nothing consumes one yet (inference reads prompts on demand).
+
+    async def CreatePromptVersion(self, request: pb.CreatePromptVersionRequest,  # noqa: N802
+                                  context: Ctx) -> pb.CreatePromptVersionResponse:
+        """Store a template as the next version of its prompt; the same digest returns the existing one."""
+        p, created = await self.prompts.create(convert.prompt_from_proto(request.prompt,
+                                                                         actor_or_default(request.prompt.author)))
+        return pb.CreatePromptVersionResponse(prompt=convert.prompt_to_proto(p), created=created)
+
+    async def GetPrompt(self, request: pb.GetPromptRequest, context: Ctx) -> pb.GetPromptResponse:  # noqa: N802
+        alias = check_prompt_alias(request.alias) if request.alias else ""
+        if request.version < 0:
+            raise invalid("version must be positive (0: by alias, or the newest)", field="version")
+        p = await self.prompts.get(check_prompt_name(request.name), request.version, alias)
+        return pb.GetPromptResponse(prompt=convert.prompt_to_proto(p))
+
+    async def ListPromptVersions(self, request: pb.ListPromptVersionsRequest,  # noqa: N802
+                                 context: Ctx) -> pb.ListPromptVersionsResponse:
+        prompts = await self.prompts.versions(check_prompt_name(request.name))
+        return pb.ListPromptVersionsResponse(prompts=[convert.prompt_to_proto(p) for p in prompts])
+
+    async def SetPromptAlias(self, request: pb.SetPromptAliasRequest,  # noqa: N802
+                             context: Ctx) -> pb.SetPromptAliasResponse:
+        """Move a prompt alias (compare-and-set on expected_version; a history row per move)."""
+        name, alias = check_prompt_name(request.name), check_prompt_alias(request.alias)
+        expected = request.expected_version if request.HasField("expected_version") else None
+        p, previous = await self.prompts.set_alias(name, alias, request.version, expected,
+                                                   actor_or_default(request.actor), reason_or_default(request.reason))
+        return pb.SetPromptAliasResponse(prompt=convert.prompt_to_proto(p), previous_version=previous)
+
+    async def GetPromptAliasHistory(self, request: pb.GetPromptAliasHistoryRequest,  # noqa: N802
+                                    context: Ctx) -> pb.GetPromptAliasHistoryResponse:
+        alias = check_prompt_alias(request.alias) if request.alias else ""
+        changes = await self.prompts.history(check_prompt_name(request.name), alias)
+        return pb.GetPromptAliasHistoryResponse(changes=[convert.prompt_change_to_proto(c) for c in changes])
