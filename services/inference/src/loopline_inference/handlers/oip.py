@@ -1,6 +1,7 @@
 """GRPCInferenceService (Open Inference Protocol v2 as Triton speaks it, on Triton's own generated code).
 
-Thin: each RPC reads the request, asks the scorer or the repository, and writes Triton's messages.
+Thin: each RPC reads the request, asks the scorer or the repository, and writes Triton's messages. A model
+name the scoring repository does not serve goes to the LLM generate path (``oip_generate``) when there is one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from loopline_core.errors import ErrorKind, LooplineError, not_found
+from loopline_core.errors import ErrorKind, LooplineError, invalid, not_found
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -19,6 +20,8 @@ from tritonclient.grpc import service_pb2_grpc
 from loopline_inference.adapters.repository import Arm, Repository, Serving
 from loopline_inference.domain.batching import Duration
 from loopline_inference.domain.tensors import INPUT_NAME, OUTPUT_NAME
+from loopline_inference.handlers import oip_generate
+from loopline_inference.handlers.generate import Generator
 from loopline_inference.handlers.scoring import Scored, Scorer
 
 SERVER_NAME = "loopline"
@@ -64,11 +67,24 @@ def _statistics(arm: Arm) -> pb.ModelStatistics:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: Repository, scorer: Scorer, *, max_batch: int, max_delay_ms: float) -> None:
+    def __init__(self, repo: Repository, scorer: Scorer, *, max_batch: int, max_delay_ms: float,
+                 generator: Generator | None = None) -> None:
         self.repo = repo
         self.scorer = scorer
         self.max_batch = max_batch
         self.max_delay_ms = max_delay_ms
+        self.generator = generator
+
+    def _llm(self, name: str) -> Generator | None:
+        """The generator, when ``name`` is one of its LLMs (ready or not)."""
+        g = self.generator
+        return g if g is not None and name not in self.repo.names and g.knows(name) else None
+
+    def _llm_version(self, llm: Generator, name: str, version: str) -> int:
+        v = oip_generate.version_of(llm, name, version)
+        if not v:
+            raise LooplineError(ErrorKind.UNAVAILABLE, f"the LLM {name!r} is not ready")
+        return v
 
     def _serving(self, name: str) -> Serving:
         if name not in self.repo.names:
@@ -104,12 +120,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> pb.ModelReadyResponse:
+        if (llm := self._llm(request.name)) is not None:
+            v = dict(llm.served()).get(request.name)
+            return pb.ModelReadyResponse(ready=v is not None and request.version in ("", str(v)))
         s = None if self.repo.unloaded(request.name) else self.repo.get(request.name)
         ok = s is not None and (not request.version or any(request.version == str(a.version) for a in s.arms()))
         return pb.ModelReadyResponse(ready=ok)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,  # noqa: N802
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        if (llm := self._llm(request.name)) is not None:
+            return oip_generate.metadata(request.name, self._llm_version(llm, request.name, request.version))
         s = self._serving(request.name)
         arm = self._arm(request.name, request.version)
         n = arm.model.n_features
@@ -121,6 +142,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext  # noqa: N802
                           ) -> pb.ModelConfigResponse:
+        if (llm := self._llm(request.name)) is not None:
+            self._llm_version(llm, request.name, request.version)
+            return oip_generate.config(request.name)
         arm = self._arm(request.name, request.version)
         # The batch is the tensors' own first dimension (max_batch_size 0, dims [-1, n]); requests are
         # still batched together by the server, as dynamic_batching says.
@@ -156,6 +180,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 continue
             out += [pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(a.version), state="READY",
                                                           reason=a.role) for a in s.arms()]
+        if self.generator is not None:
+            out += [pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(v), state="READY", reason="llm")
+                    for name, v in self.generator.served()]
         return pb.RepositoryIndexResponse(models=out)
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,  # noqa: N802
@@ -178,7 +205,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext  # noqa: N802
                          ) -> pb.ModelInferResponse:
-        """Score a batch; each row is queued for ``loopline.predictions.<model>`` (published off the response path)."""
+        """Score a batch; each row is queued for ``loopline.predictions.<model>`` (published off the response path).
+
+        An LLM answers the whole text at once (``oip_generate``); its generation goes to
+        ``loopline.generations.<model>``."""
+        if (llm := self._llm(request.model_name)) is not None:
+            g = oip_generate.parse(request)
+            if g.stream:
+                raise invalid("stream = true needs ModelStreamInfer")
+            return await oip_generate.infer(llm, request, g)
         serving = self._serving(request.model_name)
         if request.model_version:
             self._arm(request.model_name, request.model_version)
@@ -189,12 +224,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request is answered on the stream as soon as it is scored (not necessarily in order: a
         response carries its request's id); a failed request is an ``error_message``, never the
-        stream's end."""
+        stream's end. An LLM request with ``stream`` true is answered piece by piece, its last response
+        flagged ``triton_final_response``; the caller going away closes its generation in the engine."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
         async def one(req: pb.ModelInferRequest) -> None:
             try:
+                if (llm := self._llm(req.model_name)) is not None:
+                    await generate(llm, req)
+                    return
                 serving = self._serving(req.model_name)
                 if req.model_version:
                     self._arm(req.model_name, req.model_version)
@@ -208,6 +247,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await answers.put(pb.ModelStreamInferResponse(
                     error_message=f"INTERNAL: {type(exc).__name__}: {exc}",
                     infer_response=pb.ModelInferResponse(model_name=req.model_name, id=req.id)))
+
+        async def generate(llm: Generator, req: pb.ModelInferRequest) -> None:
+            # A decoupled model's failure is its final response: the error carries the final flag.
+            try:
+                g = oip_generate.parse(req)
+                if not g.stream:
+                    await answers.put(pb.ModelStreamInferResponse(
+                        infer_response=await oip_generate.infer(llm, req, g, final=True)))
+                    return
+                async with contextlib.aclosing(oip_generate.stream(llm, req, g)) as responses:
+                    async for r in responses:
+                        await answers.put(pb.ModelStreamInferResponse(infer_response=r))
+            except LooplineError as exc:
+                await answers.put(oip_generate.error_response(req, f"{exc.kind.value}: {exc.message}"))
+            except Exception as exc:  # noqa: BLE001 - one request's failure must not end the stream
+                await answers.put(oip_generate.error_response(req, f"INTERNAL: {type(exc).__name__}: {exc}"))
 
         async def read() -> None:
             try:
