@@ -18,7 +18,9 @@ from loopline_cli.contracts import contracts_app
 from loopline_cli.dlq import dlq_app
 from loopline_cli.docs import docs_app
 from loopline_cli.keys import keys_app
+from loopline_cli.llm import llm_app
 from loopline_cli.models import model_app
+from loopline_cli.prompts import prompt_app
 from loopline_cli.replay import replay_command
 from loopline_cli.retrain import retrain_app
 
@@ -30,7 +32,9 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(docs_app, name="docs")
 app.add_typer(model_app, name="model")
+app.add_typer(prompt_app, name="prompt")
 app.add_typer(keys_app, name="keys")
+app.add_typer(llm_app, name="llm")
 app.add_typer(retrain_app, name="retrain")
 app.command("replay")(replay_command)
 console = Console(stderr=True)

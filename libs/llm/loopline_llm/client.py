@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-
 from loopline_core.errors import ErrorKind, LooplineError
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from loopline_core.errors import ErrorKind, LooplineError
 
 
@@ -56,7 +55,8 @@ def engine_python() -> Path:
         return Path(configured)
     from loopline_stack.peers import venv  # noqa: PLC0415 (the local stack's builder; images set the variable)
 
-    return venv("vllm") / "bin" / "python"
+    built: Path = venv("vllm")
+    return built / "bin" / "python"
 
 
 class VllmServer:
@@ -94,12 +94,13 @@ class VllmServer:
         if self.config.threads:
             env["OMP_NUM_THREADS"] = str(self.config.threads)
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        args = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-uvicorn-access-log", *self.config.args()]
         with self.log.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-                 "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--disable-uvicorn-access-log", *self.config.args()],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self._proc = await asyncio.to_thread(
+                subprocess.Popen, args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() < deadline:
