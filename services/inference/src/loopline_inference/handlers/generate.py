@@ -24,8 +24,8 @@ from loopline.llm.v1.events_pb2 import Generation, GuardrailHit, GuardrailTrigge
 from loopline.registry.v1 import registry_pb2
 from loopline_core.errors import ErrorKind, LooplineError, invalid
 from loopline_core.events import metadata
-from loopline_ml import prompt as prompts
-from loopline_ml import sampling
+from loopline_ml.prompt import PromptError, canonical_sampling, render
+from loopline_ml.sampling import SamplingError, merge, validate
 
 from loopline_inference.adapters.generation_log import GenerationLog
 from loopline_inference.adapters.llm import LlmRepository, ServedLlm
@@ -206,20 +206,20 @@ class Generator:
             p = await self._prompt(req.prompt, req.model)
             call.prompt = p
             try:
-                rendered = prompts.render(p.template, req.prompt.variables)
+                rendered = render(p.template, req.prompt.variables)
                 defaults = json.loads(p.sampling_parameters) if p.sampling_parameters.strip() else {}
-            except (prompts.PromptError, ValueError) as e:
+            except (PromptError, ValueError) as e:
                 raise invalid(str(e)) from None
-            params = sampling.merge(defaults if isinstance(defaults, dict) else {}, params)
+            params = merge(defaults if isinstance(defaults, dict) else {}, params)
             if req.api == "openai.chat":
                 messages = [{"role": "user", "content": rendered}]
             else:
                 text = rendered
         try:
-            checked = sampling.validate(params)
-        except sampling.SamplingError as e:
+            checked = validate(params)
+        except SamplingError as e:
             raise invalid(str(e)) from None
-        call.sampling_json = prompts.canonical_sampling(checked)
+        call.sampling_json = canonical_sampling(checked)
         if messages is not None:
             messages = self._check_messages(call, messages)
         else:
