@@ -18,7 +18,7 @@ def benchmarks() -> dict[str, str]:
     """Benchmark name -> module with ``main()``; imported only when that benchmark runs."""
     found = {"pipeline": "bench.pipeline", "features": "bench.feature_online", "validator": "bench.validator",
              "serving": "bench.serving", "drift": "bench.drift",
-             "monitor": "bench.monitor"}
+             "monitor": "bench.monitor", "llm": "bench.llm"}
     if (HERE / "broker_modes.py").is_file():
         found["broker"] = "bench.broker_modes"
     return found
