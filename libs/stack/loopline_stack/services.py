@@ -19,6 +19,8 @@ from loopline_stack import procs
 ORDER = ("registry", "feature", "ingest", "validator", "trainer", "inference", "monitor", "retrainer")
 GRPC = {"registry": "loopline.registry.v1.RegistryService", "feature": "loopline.feature.v1.FeatureService",
         "inference": "inference.GRPCInferenceService"}
+HTTP = "inference_http"
+"""The key of inference's HTTP port in :attr:`ServiceSet.ports`."""
 
 
 @dataclass
@@ -47,6 +49,7 @@ class ServiceSet:
                     "LOOPLINE_REGISTRY_ADDR": f"127.0.0.1:{self.ports['registry']}",
                     "LOOPLINE_FEATURE_ADDR": f"127.0.0.1:{self.ports['feature']}",
                     f"LOOPLINE_{name.upper()}_PORT": str(self.ports.get(name, 0)),
+                    **({"LOOPLINE_INFERENCE_HTTP_PORT": str(self.ports.get(HTTP, 0))} if name == "inference" else {}),
                     # Each service is one process; torch's thread pool would only fight the others for 2 cores.
                     "OMP_NUM_THREADS": "1"})
         env.update(self.extra_env.get("*", {}))
@@ -56,7 +59,7 @@ class ServiceSet:
     def start(self, progress: Callable[[str], None] = lambda _m: None, timeout_s: float = 90.0,
               names: tuple[str, ...] = ORDER) -> None:
         """Start ``names`` (all eight by default) in dependency order and wait until each is up."""
-        self.ports = {name: procs.free_port() for name in GRPC}
+        self.ports = {name: procs.free_port() for name in [*GRPC, HTTP]}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for name in [n for n in ORDER if n in names]:
@@ -75,6 +78,10 @@ class ServiceSet:
 
     def addr(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
+
+    def http_url(self) -> str:
+        """Inference's OpenAI-compatible HTTP API (served when it serves an LLM)."""
+        return f"http://127.0.0.1:{self.ports[HTTP]}"
 
     def _wait_grpc(self, name: str, timeout_s: float, *, serving: bool = True) -> None:
         r = self.running[name]

@@ -113,22 +113,28 @@ def spans():  # type: ignore[no-untyped-def]
     return _SPANS
 
 
-@pytest.fixture
-async def isolated(stack: StackState) -> dict[str, str]:
-    """Stack variables for one test: a database and a topic prefix of its own (topics created)."""
+async def isolate(stack_env: dict[str, str]) -> dict[str, str]:
+    """Stack variables with a database and a topic prefix of their own (topics created): for a test, or
+    for a module-scoped set of services (an LLM engine is too slow to start per test)."""
     import asyncpg  # noqa: PLC0415
 
     suffix = uuid.uuid4().hex[:10]
-    dsn = stack.env["LOOPLINE_POSTGRES_DSN"]
+    dsn = stack_env["LOOPLINE_POSTGRES_DSN"]
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f"create database t_{suffix}")
     finally:
         await conn.close()
     prefix = f"t{suffix}"
-    await ensure_topics(stack.env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(prefix).platform_topics())
-    return {**stack.env, "LOOPLINE_POSTGRES_DSN": dsn.rsplit("/", 1)[0] + f"/t_{suffix}",
+    await ensure_topics(stack_env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(prefix).platform_topics())
+    return {**stack_env, "LOOPLINE_POSTGRES_DSN": dsn.rsplit("/", 1)[0] + f"/t_{suffix}",
             "LOOPLINE_TOPIC_PREFIX": prefix}
+
+
+@pytest.fixture
+async def isolated(stack: StackState) -> dict[str, str]:
+    """Stack variables for one test: a database and a topic prefix of its own (topics created)."""
+    return await isolate(stack.env)
 
 
 @pytest.fixture

@@ -34,8 +34,9 @@ from loopline_inference.metrics import LLM_ENGINE_STARTS, LLM_READY
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 60.0
-"""A version refused or whose engine failed is tried again only after this long."""
+RETRY_AFTER_S = 300.0
+"""A version refused or whose engine failed is tried again only after this long (each try of a broken
+artifact costs an engine start: tens of seconds of CPU); a new version is tried at once."""
 RETIRE_AFTER_S = 30.0
 """A replaced engine stops this long after the swap, so streams it is serving can finish."""
 VARIANT = "vllm"
@@ -123,7 +124,7 @@ class LlmRepository:
             self._serving[name] = new
             LLM_READY.labels(name).set(1)
             log.info("serving new LLM version", extra={
-                "model": name, "version": v.version, "engine_pid": new.server.pid,
+                "model": name, "version": v.version, "engine_pid": new.server.pid, "engine_url": new.server.base_url,
                 "previous": current.version if current else None})
             if current is not None:
                 self._spawn(self._retire(current))

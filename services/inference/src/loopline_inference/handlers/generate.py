@@ -118,6 +118,8 @@ class _Call:
     outcome: str = "error"
     blocked_stage: str = ""
     streamed: bool = True
+    chunks: int = 0
+    """Text chunks the engine sent (about one a token): the count of an aborted answer, which has no usage."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ class Generator:
             raise
         except (GeneratorExit, asyncio.CancelledError):
             call.outcome, call.finish_reason = "cancelled", "abort"
+            call.completion_tokens = call.completion_tokens or call.chunks  # no usage comes from an aborted stream
             raise
         finally:
             self._record(call)
@@ -277,7 +280,6 @@ class Generator:
 
     async def _engine(self, call: _Call, plan: _Plan) -> AsyncGenerator[Piece, None]:
         raw, safe, sent = "", "", 0
-        chunks_seen = 0
         finish: str | None = None
         async with contextlib.aclosing(plan.served.client.stream(plan.params, chat=plan.chat)) as chunks:
             async for chunk in chunks:
@@ -287,7 +289,7 @@ class Generator:
                 finish = chunk.finish_reason or finish
                 if not chunk.text:
                     continue
-                chunks_seen += 1
+                call.chunks += 1
                 if call.first_token_at is None:
                     call.first_token_at = time.monotonic()
                 raw += chunk.text
@@ -301,7 +303,7 @@ class Generator:
                     sent = cut
         if call.blocked_stage:
             call.outcome, call.finish_reason = "blocked", "content_filter"
-            call.completion_tokens = call.completion_tokens or chunks_seen
+            call.completion_tokens = call.completion_tokens or call.chunks
             call.output_text = self._redact(safe[:sent])
             yield Piece("", "content_filter", call.prompt_tokens, call.completion_tokens)
             return
