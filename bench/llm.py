@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         services = ServiceSet(env, work / "logs", {"inference": {
             "LOOPLINE_INFERENCE_MODELS": "[]", "LOOPLINE_INFERENCE_LLM_MODELS": f'["{MODEL}"]',
             "LOOPLINE_INFERENCE_HTTP_PORT": str(http_port), "LOOPLINE_INFERENCE_LLM_WORKDIR": str(work / "llm")}})
-        services.start(progress=lambda m: console.print(f"  {m}"), names=("registry",))
-        asyncio.run(register_tiny(env, services.addr("registry"), model_dir))
         services.start(progress=lambda m: console.print(f"  {m}"), names=("registry", "inference"))
+        # inference hears the registration (a model event) and starts its engine on the verified artifact
+        asyncio.run(register_tiny(env, services.addr("registry"), model_dir))
         asyncio.run(_wait_served(f"http://127.0.0.1:{http_port}", args.timeout))
         asyncio.run(peer.start(args.timeout))
         figures = asyncio.run(rounds(args, {"loopline": f"http://127.0.0.1:{http_port}", "vllm": peer.base_url}))

@@ -120,8 +120,14 @@ def run_service(service: Annotated[str, typer.Argument(help=f"one of: {', '.join
 
 @app.command("demo")
 def demo(minutes: Annotated[float, typer.Option(help="upper bound on the demo's run time")] = 5.0,
+         llm: Annotated[bool, typer.Option("--llm", help="the LLM side instead: the tiny Llama through vLLM, a "
+                                           "versioned prompt, guardrails, cost, feedback, text drift")] = False,
          state_dir: StateDir = None) -> None:
     """Start the stack and the eight services, feed transactions, show the loop turn, write a report."""
+    if llm:
+        from loopline_cli.demo.llm import run_llm_demo  # noqa: PLC0415
+
+        raise typer.Exit(run_llm_demo(minutes=minutes, state_dir=state_dir))
     from loopline_cli.demo.run import run_demo  # noqa: PLC0415
 
     raise typer.Exit(run_demo(minutes=minutes, state_dir=state_dir))
