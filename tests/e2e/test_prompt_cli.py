@@ -59,6 +59,9 @@ async def test_create_list_get_alias_history_from_the_command_line(
     code, _, err = await _cli("create", "support", "--template", "Ticket: {{ticket", "--model", "tiny-llama",
                               registry=reg)
     assert code == 1 and "INVALID_ARGUMENT" in err and "unbalanced" in err, err
+    code, _, err = await _cli("create", "support", "--template", str(tmp_path / "typo.txt"), "--model", "tiny-llama",
+                              registry=reg)
+    assert code == 2 and "no such template file" in err, err
     code, _, err = await _cli("create", "support", "--template", "x", "--model", "nope", registry=reg)
     assert code == 1 and "FAILED_PRECONDITION" in err and "nope" in err, err
 

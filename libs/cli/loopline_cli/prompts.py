@@ -20,16 +20,21 @@ from loopline_cli.models import Actor, AsJson, Reason, Registry, _actor, _json, 
 
 prompt_app = typer.Typer(help="Prompts in the registry: create, list, get, alias, history.", no_args_is_help=True)
 console = Console()
+err = Console(stderr=True)
 
 
 def _template(value: str) -> str:
-    """A file's text when ``value`` names a file, else ``value`` itself."""
+    """A file's text when ``value`` names a file, else ``value`` itself. A value that looks like a
+    path but names no file is refused, so a typo is not stored as a one-line template."""
     path = Path(value)
     try:
         if len(value) < 4096 and path.is_file():
             return path.read_text(encoding="utf-8")
     except OSError:
         pass
+    if "{{" not in value and not any(ch.isspace() for ch in value) and ("/" in value or path.suffix):
+        err.print(f"[bold red]error:[/] no such template file: {value}")
+        raise typer.Exit(2)
     return value
 
 
