@@ -27,6 +27,9 @@ tools/buf:
 demo: setup ## the main job: run the whole loop on the local stack and write a report
 	$(BIN)/loopline demo
 
+demo-llm: setup ## the LLM side: the tiny Llama through vLLM, prompts, guardrails, cost, feedback, text drift
+	$(BIN)/loopline demo --llm
+
 test: setup ## the whole suite against the real local stack
 	$(BIN)/pytest
 
@@ -55,4 +58,4 @@ clean: ## remove the virtualenv, tools and local state
 	-$(BIN)/loopline stack down 2>/dev/null
 	rm -rf $(VENV) tools/node_modules tools/buf .loopline
 
-.PHONY: help setup demo test lint protos docs bench stack-up stack-down clean
+.PHONY: help setup demo demo-llm test lint protos docs bench stack-up stack-down clean

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.ingest.v1.envelope_pb2 import EventIngested
+from loopline.llm.v1.events_pb2 import Feedback, Generation, GuardrailTriggered
 from loopline.monitor.v1.events_pb2 import AlertRaised, WindowEvaluated
 from loopline.registry.v1.registry_pb2 import ModelChanged
 from loopline.retrainer.v1.events_pb2 import RetrainDecided, RolloutDecided
@@ -115,7 +116,7 @@ class Channel:
 
 
 def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
-             models: tuple[str, ...] = ("fraud",)) -> list[Channel]:
+             models: tuple[str, ...] = ("fraud",), llms: tuple[str, ...] = ("tiny-llama",)) -> list[Channel]:
     """Every topic the platform uses, with who writes it and who reads it."""
     envelope = proto_model(EventIngested.DESCRIPTOR)
     out: list[Channel] = []
@@ -174,6 +175,20 @@ def channels(namer: TopicNamer, datasets: tuple[str, ...] = ("transactions",),
     ]
     out += [Channel(namer.predictions(m), proto_model(PredictionLogged.DESCRIPTOR), "request or entity id",
                     ("inference",), ("monitor", "retrainer (rollouts)")) for m in models]
+    for m in llms:
+        out += [
+            Channel(namer.generations(m), proto_model(Generation.DESCRIPTOR), "request id", ("inference",),
+                    ("monitor",),
+                    note="One record per LLM request served (ok, blocked, cancelled, error): PII-redacted input "
+                         "and output, prompt version, sampling parameters, tokens, cost, latency, guardrail hits."),
+            Channel(namer.guardrails(m), proto_model(GuardrailTriggered.DESCRIPTOR), "request id", ("inference",),
+                    ("security review", "alerting"),
+                    note="One record per request on which a guardrail fired; rule names, never the matched text."),
+            Channel(namer.feedback(m), proto_model(Feedback.DESCRIPTOR), "request id",
+                    ("people and downstream systems rating answers",), ("monitor",),
+                    note="Thumbs, scores and corrections, joined to the generation by request id; exported as "
+                         "preference pairs by `loopline llm export-preferences`."),
+        ]
     return out
 
 
