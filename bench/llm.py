@@ -140,7 +140,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from loopline_core.kafka import TopicNamer, ensure_topics  # noqa: PLC0415
     from loopline_llm.engine import EngineConfig, VllmServer  # noqa: PLC0415
     from loopline_llm.tiny import cached  # noqa: PLC0415
-    from loopline_stack.procs import free_port  # noqa: PLC0415
     from loopline_stack.services import ServiceSet  # noqa: PLC0415
     from loopline_stack.stack import Stack, StackConfig  # noqa: PLC0415
     from loopline_testing.llm import register_tiny  # noqa: PLC0415
@@ -157,7 +156,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     state = stack.up()
     services: ServiceSet | None = None
     peer = VllmServer(model_dir, MODEL, EngineConfig(), work / "logs" / "vllm-direct.log")
-    http_port = free_port()
     try:
         suffix = uuid.uuid4().hex[:10]
         prefix = f"b{suffix}"
@@ -167,13 +165,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env = {**state.env, "LOOPLINE_POSTGRES_DSN": dsn, "LOOPLINE_TOPIC_PREFIX": prefix}
         services = ServiceSet(env, work / "logs", {"inference": {
             "LOOPLINE_INFERENCE_MODELS": "[]", "LOOPLINE_INFERENCE_LLM_MODELS": f'["{MODEL}"]',
-            "LOOPLINE_INFERENCE_HTTP_PORT": str(http_port), "LOOPLINE_INFERENCE_LLM_WORKDIR": str(work / "llm")}})
+            "LOOPLINE_INFERENCE_LLM_WORKDIR": str(work / "llm")}})
         services.start(progress=lambda m: console.print(f"  {m}"), names=("registry", "inference"))
         # inference hears the registration (a model event) and starts its engine on the verified artifact
         asyncio.run(register_tiny(env, services.addr("registry"), model_dir))
-        asyncio.run(_wait_served(f"http://127.0.0.1:{http_port}", args.timeout))
+        asyncio.run(_wait_served(services.http_url(), args.timeout))
         asyncio.run(peer.start(args.timeout))
-        figures = asyncio.run(rounds(args, {"loopline": f"http://127.0.0.1:{http_port}", "vllm": peer.base_url}))
+        figures = asyncio.run(rounds(args, {"loopline": services.http_url(), "vllm": peer.base_url}))
     finally:
         asyncio.run(peer.stop())
         if services is not None:

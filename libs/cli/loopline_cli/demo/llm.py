@@ -27,7 +27,6 @@ from loopline.monitor.v1.events_pb2 import AlertRaised
 from loopline.registry.v1 import registry_pb2
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.registry import RegistryClient
-from loopline_stack.procs import free_port
 from rich.console import Console
 
 MODEL = "tiny-llama"
@@ -43,11 +42,10 @@ PII = ["My card 4111 1111 1111 1111 was charged twice, email me at jane.doe@exam
 console = Console(stderr=True)
 
 
-def service_env(http_port: int) -> dict[str, dict[str, str]]:
+def service_env() -> dict[str, dict[str, str]]:
     """Registry, inference (the LLM only) and the monitor (text windows of 100, a reference of 100)."""
     return {
         "inference": {"LOOPLINE_INFERENCE_MODELS": "[]", "LOOPLINE_INFERENCE_LLM_MODELS": f'["{MODEL}"]',
-                      "LOOPLINE_INFERENCE_HTTP_PORT": str(http_port),
                       "LOOPLINE_INFERENCE_LLM_PRICES": json.dumps(PRICES)},
         "monitor": {"LOOPLINE_MONITOR_LLM_MODELS": f'["{MODEL}"]', "LOOPLINE_MONITOR_TEXT_REFERENCE": "100",
                     "LOOPLINE_MONITOR_TEXT_WINDOWS": '["count:100/50"]', "LOOPLINE_MONITOR_MODELS": "[]",
@@ -172,14 +170,13 @@ async def wait_served(base_url: str, timeout_s: float) -> None:
     raise RuntimeError(f"inference did not serve {MODEL} within {timeout_s:.0f}s")
 
 
-async def scenario(env: dict[str, str], registry_addr: str, http_port: int, out_dir: Path, deadline_s: float,
+async def scenario(env: dict[str, str], registry_addr: str, base: str, out_dir: Path, deadline_s: float,
                    progress: Any) -> dict[str, Any]:
     from loopline_llm.tiny import cached  # noqa: PLC0415
     from loopline_testing.llm import register_tiny  # noqa: PLC0415
 
     namer = TopicNamer(env.get("LOOPLINE_TOPIC_PREFIX", "loopline"))
     bootstrap = env["LOOPLINE_KAFKA_BOOTSTRAP"]
-    base = f"http://127.0.0.1:{http_port}"
     started = time.monotonic()
     seen = Seen()
     stop = asyncio.Event()
@@ -237,13 +234,12 @@ def run_llm_demo(minutes: float, state_dir: Path | None) -> int:
     except StackError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 1
-    http_port = free_port()
-    services = ServiceSet(state.env, cfg.state_dir.parent / "demo-llm-logs", service_env(http_port))
+    services = ServiceSet(state.env, cfg.state_dir.parent / "demo-llm-logs", service_env())
     out_dir = Path("reports")
     try:
         services.start(progress=lambda m: console.print(f"[cyan]•[/] {m}"),
                        names=("registry", "inference", "monitor"))
-        result = asyncio.run(scenario({**state.env}, services.addr("registry"), http_port, out_dir,
+        result = asyncio.run(scenario({**state.env}, services.addr("registry"), services.http_url(), out_dir,
                                       minutes * 60 - (time.monotonic() - t0) - 20,
                                       lambda m: console.print(f"[cyan]•[/] {m}")))
         path = write_report(result, out_dir)
