@@ -68,6 +68,10 @@ CARD = "4111 1111 1111 1111"  # Luhn-valid test number
 PII = {
     "card with spaces": ("Charge 4111 1111 1111 1111 please", "4111", "<CREDIT_CARD>"),
     "card with dashes": ("Card: 5500-0000-0000-0004.", "5500", "<CREDIT_CARD>"),
+    "card with dots": ("card 4111.1111.1111.1111 ok", "4111", "<CREDIT_CARD>"),
+    "card with spaced dashes": ("card 4111 - 1111 - 1111 - 1111 ok", "4111", "<CREDIT_CARD>"),
+    "card without separators": ("card 4111111111111111 ok", "4111", "<CREDIT_CARD>"),
+    "ssn": ("my ssn is 536-22-1234", "536", "<US_SSN>"),
     "full-width card": (fullwidth("card 4111 1111 1111 1111"), fullwidth("1111"), "<CREDIT_CARD>"),
     "e-mail": ("write to Jane.Roe@Example.COM today", "Jane.Roe", "<EMAIL_ADDRESS>"),
     "phone": ("call me on +44 20 7946 0958 tonight", "7946", "<PHONE_NUMBER>"),
@@ -185,8 +189,14 @@ def test_redact_masks_everything_in_one_text(guardrails: Guardrails) -> None:
 
 
 def test_redact_leaves_clean_text_and_invalid_cards_alone(guardrails: Guardrails) -> None:
-    text = "Order 4821 for 3 items, total 59.90, card ending 1234; ticket 4111 1111 1111 1112."
+    text = ("Order 4821 for 3 items, total 59.90, card ending 1234; ticket 4111 1111 1111 1112; "
+            "serial 4111.1111.1111.1112.")
     assert guardrails.redact(text) == text
+
+
+def test_entities_that_need_ner_fail_at_start() -> None:
+    with pytest.raises(ValueError, match="PERSON"):
+        build(pii_entities=["CREDIT_CARD", "PERSON"])
 
 
 def test_redact_works_whatever_the_stage_actions() -> None:
