@@ -5,28 +5,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
+from collections.abc import Generator as Gen
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import uvicorn
 from grpc_health.v1 import health, health_pb2
 from loopline.registry.v1 import registry_pb2
 from loopline_core import runtime
 from loopline_core.grpcx import start_server
+from loopline_core.kafka import Record
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
-from loopline_core.service import serve_until, start_runtime
+from loopline_core.service import Runtime, serve_until, start_runtime
 from loopline_core.signing import TrustStore
+from loopline_llm.engine import EngineConfig
 from loopline_ml.artifact import ScoringModel
 from prometheus_client import REGISTRY
 from tritonclient.grpc import service_pb2_grpc
 
 from loopline_inference.adapters.backends import Backend, load_variants
 from loopline_inference.adapters.features import OnlineFeatures
+from loopline_inference.adapters.generation_log import GenerationLog
+from loopline_inference.adapters.guardrails import Guardrails
+from loopline_inference.adapters.llm import LlmRepository
 from loopline_inference.adapters.prediction_log import PredictionLog
 from loopline_inference.adapters.repository import Repository
 from loopline_inference.domain.batching import Batcher, Stats
+from loopline_inference.domain.pricing import PriceTable
+from loopline_inference.handlers import openai_api
+from loopline_inference.handlers.generate import Generator
 from loopline_inference.handlers.model_events import ModelEventsHandler
 from loopline_inference.handlers.oip import InferenceServicer
 from loopline_inference.handlers.scoring import Scorer
@@ -68,30 +81,41 @@ async def main(stop: asyncio.Event) -> None:
                                    linger_s=settings.prediction_log_linger_s, drain_s=settings.prediction_log_drain_s)
     prediction_log.start()
     scorer = Scorer(prediction_log, OnlineFeatures(settings.feature_addr) if settings.feature_addr else None)
+    llms, generation_log, generator = await _llm_side(settings, rt, objects, trust)
     servicer = InferenceServicer(repo, scorer, max_batch=settings.inference_max_batch,
-                                 max_delay_ms=settings.inference_max_queue_delay_ms)
+                                 max_delay_ms=settings.inference_max_queue_delay_ms, generator=generator)
     events = ModelEventsHandler(repo)
+
+    async def on_model_changed(event: registry_pb2.ModelChanged | None, record: Record) -> None:
+        await events.on_model_changed(event, record)
+        if event is not None:
+            llms.reconcile_soon(event.model_name)  # an engine start takes a while: not on the consumer
+
     # Every replica must see every model event: a group of its own, starting from now.
-    rt.consumer([rt.namer.model_events()], events.decode, events.on_model_changed,
+    rt.consumer([rt.namer.model_events()], events.decode, on_model_changed,
                 group=f"{rt.namer.group('inference')}.{uuid.uuid4().hex[:8]}", auto_offset_reset="latest")
     server, port = await start_server(
         [lambda s: service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, s)],
         settings.inference_port, [SERVICE], health_servicer=health_servicer, serving=False, reflect=[SERVICE])
-    logging.getLogger(__name__).info("serving", extra={"grpc_port": port})
+    http, http_port = (await _serve_http(openai_api.app(generator), settings.inference_http_host,
+                                         settings.inference_http_port) if generator else (None, None))
+    logging.getLogger(__name__).info("serving", extra={"grpc_port": port, "http_port": http_port})
 
-    async def reconcile_forever() -> None:
-        while True:
-            for name in settings.inference_models:
-                await repo.reconcile(name)
-            await asyncio.sleep(settings.inference_reconcile_s)
-
-    reconciler = asyncio.create_task(reconcile_forever())
+    # separate loops: an LLM engine's start (tens of seconds) must not delay the scoring models' reloads
+    reconciler = asyncio.create_task(_forever(repo.reconcile, settings.inference_models,
+                                              settings.inference_reconcile_s))
+    llm_reconciler = asyncio.create_task(_forever(llms.reconcile, settings.inference_llm_models,
+                                                  settings.inference_reconcile_s))
 
     async def close() -> None:
-        reconciler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconciler
+        for task in (reconciler, llm_reconciler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await _stop_http(http)
         await server.stop(5)  # lets in-flight calls finish (and queue their rows)
+        await llms.close()
+        await generation_log.close()
         await scorer.close()  # shadow copies finish and log
         await prediction_log.close()  # publishes what is queued; the publisher stops after the closers
         await repo.close()
@@ -102,6 +126,69 @@ async def main(stop: asyncio.Event) -> None:
 
 
 SERVICE = "inference.GRPCInferenceService"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside the service's own event loop: signals stay the runtime's (it drains on SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Gen[None, None, None]:
+        yield
+
+
+async def _serve_http(app: object, host: str, port: int) -> tuple[tuple[_Server, asyncio.Task[None]], int]:
+    """Serve ``app`` as a task of this loop on ``host:port`` (0: a free port); return it and the bound port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=10)
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+    return (server, task), sock.getsockname()[1]
+
+
+async def _llm_side(settings: Settings, rt: Runtime, objects: ObjectStore,
+                    trust: TrustStore) -> tuple[LlmRepository, GenerationLog, Generator | None]:
+    """The LLM engines, the generation log and the generate use case (None when no LLM is configured)."""
+    llms = LlmRepository(settings.inference_llm_models, RegistryClient(settings.registry_addr), objects, trust,
+                         rt.publisher, rt.namer, workdir=_workdir(settings.inference_llm_workdir),
+                         configs={name: _engine_config(c) for name, c in settings.inference_llm_engine.items()},
+                         start_timeout_s=settings.inference_llm_start_timeout_s)
+    generation_log = GenerationLog(rt.publisher, rt.namer, capacity=settings.generation_log_capacity)
+    generation_log.start()
+    if not settings.inference_llm_models:
+        return llms, generation_log, None
+    # Presidio's recognizers take a moment to build: off the loop, and only when an LLM is served
+    guardrails = await asyncio.to_thread(Guardrails, settings.inference_guardrails)
+    generator = Generator(llms, RegistryClient(settings.registry_addr), generation_log,
+                          PriceTable.from_config(settings.inference_llm_prices), guardrails,
+                          max_prompt_chars=settings.inference_llm_max_prompt_chars)
+    return llms, generation_log, generator
+
+
+async def _forever(reconcile: Callable[[str], Awaitable[None]], names: list[str], every_s: float) -> None:
+    """Re-resolve every model's aliases now and then, in case a model event was missed."""
+    while True:
+        for name in names:
+            await reconcile(name)
+        await asyncio.sleep(every_s)
+
+
+async def _stop_http(http: tuple[_Server, asyncio.Task[None]] | None) -> None:
+    if http is not None:
+        http[0].should_exit = True  # finishes the responses in flight, then returns
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(http[1], 10)
+
+
+def _engine_config(values: dict[str, object]) -> EngineConfig:
+    extra = values.get("extra_args", ())
+    return EngineConfig(**{**values, "extra_args": tuple(extra) if isinstance(extra, list | tuple) else ()})
+
+
+def _workdir(configured: str) -> Path:
+    return Path(configured) if configured else Path(tempfile.mkdtemp(prefix="loopline-llm-"))
 
 
 def run() -> None:

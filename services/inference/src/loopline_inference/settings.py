@@ -1,6 +1,9 @@
-from typing import Literal
+from typing import Any, Literal
 
 from loopline_core.settings import CoreSettings
+from pydantic import Field
+
+from loopline_inference.domain.guardrails import GuardrailConfig
 
 
 class Settings(CoreSettings):
@@ -43,3 +46,28 @@ class Settings(CoreSettings):
     """How long the sender waits for a batch to fill; 0 sends what is there (batches grow with load)."""
     prediction_log_drain_s: float = 10.0
     """On shutdown, how long the log may take to publish what is queued."""
+
+    # ---- LLMs (served by vLLM engines; see the README's LLM section) ---------------------------------
+    inference_llm_models: list[str] = []
+    """LLM names served (each its ``champion`` alias, a version of flavor ``llm``) by a vLLM engine."""
+    inference_llm_engine: dict[str, dict[str, Any]] = {}
+    """vLLM settings per model, overriding ``loopline_llm.engine.EngineConfig``'s pinned defaults, e.g.
+    ``{"tiny-llama": {"max_model_len": 512, "max_num_seqs": 256, "kv_cache_share": 0.1}}``."""
+    inference_llm_start_timeout_s: float = 300.0
+    """How long an engine may take to answer /health after its start (then: not ready, logged)."""
+    inference_llm_workdir: str = ""
+    """Where verified LLM artifacts and engine logs go (empty: a temporary directory)."""
+    inference_llm_max_prompt_chars: int = 8000
+    """Longest prompt (rendered, or all chat messages together) accepted; the engine also refuses one
+    longer than the model's context."""
+    inference_llm_prices: dict[str, dict[str, dict[str, Any]]] = {}
+    """Price table per model and variant: ``{"tiny-llama": {"vllm": {"input_per_1k": 0.0005,
+    "output_per_1k": 0.0015, "currency": "USD"}}}``; a generation's cost is tokens x rates."""
+    inference_guardrails: GuardrailConfig = Field(default_factory=lambda: GuardrailConfig.model_validate({}))
+    """Guardrail stages and their actions on the LLM path (JSON)."""
+    inference_http_port: int = 0
+    """The OpenAI-compatible HTTP API's port (0: a free one, logged as ``http_port``); served when
+    ``inference_llm_models`` is not empty."""
+    inference_http_host: str = "127.0.0.1"
+    generation_log_capacity: int = 10_000
+    """Generation events that may wait for the broker; beyond, they are dropped and counted."""

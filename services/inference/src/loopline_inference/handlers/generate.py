@@ -279,7 +279,8 @@ class Generator:
         return verdict.text
 
     async def _engine(self, call: _Call, plan: _Plan) -> AsyncGenerator[Piece, None]:
-        raw, safe, sent = "", "", 0
+        raw, safe, sent, checked = "", "", 0, 0
+        blocked = False
         finish: str | None = None
         async with contextlib.aclosing(plan.served.client.stream(plan.params, chat=plan.chat)) as chunks:
             async for chunk in chunks:
@@ -293,15 +294,20 @@ class Generator:
                 if call.first_token_at is None:
                     call.first_token_at = time.monotonic()
                 raw += chunk.text
+                if not any(c.isspace() for c in chunk.text):
+                    continue  # nothing new could be sent (a partial word is held back): check at a word's end
                 safe, blocked = self._guard_output(call, raw)
+                checked = len(raw)
                 if blocked:
-                    call.blocked_stage = next((h.stage for h in call.hits if h.action == "block"), "output")
                     break  # closing the engine stream aborts the request in vLLM
-                cut = max(safe.rfind(" "), safe.rfind("\n")) + 1  # hold back a partial word
+                cut = max(safe.rfind(" "), safe.rfind("\n")) + 1
                 if cut > sent:
                     yield Piece(safe[sent:cut])
                     sent = cut
-        if call.blocked_stage:
+        if not blocked and checked != len(raw):
+            safe, blocked = self._guard_output(call, raw)
+        if blocked:
+            call.blocked_stage = next((h.stage for h in call.hits if h.action == "block"), "output")
             call.outcome, call.finish_reason = "blocked", "content_filter"
             call.completion_tokens = call.completion_tokens or call.chunks
             call.output_text = self._redact(safe[:sent])

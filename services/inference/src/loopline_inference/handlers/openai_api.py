@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Any
 
@@ -89,8 +89,8 @@ async def _serve(generator: Generator, request: Request, *, chat: bool) -> JSONR
     except StopAsyncIteration:
         raise LooplineError(ErrorKind.INTERNAL, "the engine answered nothing") from None
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return _EventStream(_events(req, pieces, first, created, chat, usage=usage), media_type="text/event-stream",
-                        headers={"x-request-id": req.request_id})
+    return _EventStream(_events(req, pieces, first, created, chat, usage=usage), pieces,
+                        media_type="text/event-stream", headers={"x-request-id": req.request_id})
 
 
 def _request(body: dict[str, Any], *, chat: bool, request_id: str) -> GenerateRequest:
@@ -163,7 +163,7 @@ def _whole(req: GenerateRequest, text: str, last: Piece, created: int, chat: boo
 
 
 async def _events(req: GenerateRequest, pieces: AsyncGenerator[Piece, None], first: Piece, created: int,
-                  chat: bool, *, usage: bool) -> AsyncIterator[bytes]:
+                  chat: bool, *, usage: bool) -> AsyncGenerator[bytes, None]:
     rid = f"{'chatcmpl' if chat else 'cmpl'}-{req.request_id}"
     obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -192,7 +192,14 @@ async def _events(req: GenerateRequest, pieces: AsyncGenerator[Piece, None], fir
 
 class _EventStream(StreamingResponse):
     """A stream that notices the client going away even while the engine is quiet (whatever ASGI version
-    the server speaks), and always closes its body: closing it closes the generation in the engine."""
+    the server speaks), and always closes its body and the generation under it (even when the body never
+    started): closing the generation closes its stream in the engine."""
+
+    def __init__(self, content: AsyncGenerator[bytes, None], generation: AsyncGenerator[Piece, None],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._content = content
+        self._generation = generation
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:
@@ -203,7 +210,8 @@ class _EventStream(StreamingResponse):
                     pass
                 finally:
                     with anyio.CancelScope(shield=True):
-                        await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                        await self._content.aclose()
+                        await self._generation.aclose()
                     group.cancel_scope.cancel()
 
             async def disconnected() -> None:
