@@ -37,7 +37,8 @@ def centroid_distance(ref: np.ndarray, cur: np.ndarray) -> float:
 def _sq_dists(x: np.ndarray) -> np.ndarray:
     sq = np.einsum("ij,ij->i", x, x)
     d = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
-    return np.maximum(d, 0.0)
+    out: np.ndarray = np.maximum(d, 0.0)
+    return out
 
 
 def median_bandwidth(sq_dists: np.ndarray) -> float:

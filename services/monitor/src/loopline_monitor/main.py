@@ -12,11 +12,14 @@ from loopline_core.outbox import Relay
 from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
+from loopline_ml.embeddings import Embedder
 
+from loopline_monitor.adapters.llm_store import LlmStore
 from loopline_monitor.adapters.references import References
 from loopline_monitor.adapters.reports import Reports
 from loopline_monitor.adapters.store import MIGRATIONS, SCHEMA, MonitorStore
 from loopline_monitor.handlers.labels import LabelHandler
+from loopline_monitor.handlers.llm import LlmWatch
 from loopline_monitor.handlers.predictions import PredictionHandler
 from loopline_monitor.handlers.watch import Watch
 from loopline_monitor.settings import Settings
@@ -43,10 +46,23 @@ async def main(stop: asyncio.Event) -> None:
     rt.consumer([rt.namer.labels(settings.monitor_dataset)], labels.decode, labels.on_label,
                 group=rt.namer.group("monitor-labels"))
     sweep = asyncio.create_task(labels.sweep(stop))
+    llm_sweep: asyncio.Task[None] | None = None
+    if settings.monitor_llm_models:  # MiniLM is loaded only where an LLM is watched
+        threads, batch = settings.monitor_embed_threads, settings.monitor_embed_batch
+        llm = LlmWatch(LlmStore(pool), watch, lambda: Embedder(threads=threads, batch_size=batch), rt.publisher,
+                       rt.namer, settings)
+        await llm.embedder()  # loaded before the consumers start: the first batch does not wait for it
+        rt.subscribe([rt.namer.generations(x) for x in settings.monitor_llm_models], llm.decode_generation,
+                     llm.on_generations, group=rt.namer.group("monitor-generations"), max_records=200)
+        rt.consumer([rt.namer.feedback(x) for x in settings.monitor_llm_models], llm.decode_feedback,
+                    llm.on_feedback, group=rt.namer.group("monitor-feedback"))
+        llm_sweep = asyncio.create_task(llm.sweep(stop))
     rendering = asyncio.create_task(reports.run())
 
     async def finish_background() -> None:
         await sweep
+        if llm_sweep is not None:
+            await llm_sweep
         await reports.close()  # the reports already queued are stored before the store closes
         await rendering
 

@@ -40,3 +40,35 @@ class Settings(CoreSettings):
     """p95 latency of a window: (warning, critical)."""
     monitor_error_limits: tuple[float, float] = (0.02, 0.1)
     """Share of failed predictions of a window: (warning, critical)."""
+
+    # ---- LLMs (generations and feedback) ----------------------------------------------------------
+    monitor_llm_models: list[str] = []
+    """LLMs whose generations (``loopline.generations.<model>``) and feedback it reads; empty: MiniLM is never
+    loaded (a fraud-only deployment)."""
+    monitor_text_reference: int = 200
+    """A version's text reference: its first N generations (stored with their embeddings: a restart rebuilds
+    the same one)."""
+    monitor_text_windows: list[str] = ["count:200/100"]
+    """Count windows over a version's generations after its reference."""
+    monitor_text_alpha: float = 0.01
+    """Text drift when MMD²'s permutation p-value is below this."""
+    monitor_text_permutations: int = 200
+    monitor_text_critical_distance: float = 0.1
+    """A drifted window whose centroid cosine distance reaches this is critical (else warning)."""
+    monitor_length_alpha: float = 0.01
+    """Response lengths (completion tokens) moved when the KS p-value against the reference's is below this."""
+    monitor_refusal_limits: tuple[float, float] = (0.1, 0.3)
+    monitor_guardrail_limits: tuple[float, float] = (0.2, 0.5)
+    monitor_latency_per_token_limits_ms: tuple[float, float] = (100.0, 500.0)
+    """p95 of latency / completion tokens in a window: (warning, critical)."""
+    monitor_llm_budgets: dict[str, dict[str, float | str]] = {}
+    """Per model: ``{"tiny-llama": {"window_s": 3600, "limit": 1.0, "currency": "USD"}}``: rolling spend from the
+    generations' cost (by their event time)."""
+    monitor_budget_warning: float = 0.8
+    """Share of a budget at which a warning is raised (critical at the whole budget)."""
+    monitor_feedback_ttl_s: float = 86_400.0
+    """Feedback whose generation has not arrived after this long goes to the dead letters."""
+    monitor_embed_threads: int = 1
+    """Torch threads for MiniLM (150 sentences/s on one core here; two cores shared with other services were
+    slower)."""
+    monitor_embed_batch: int = 64

@@ -17,6 +17,7 @@ import asyncpg
 from loopline_core.db import Migration
 from loopline_core.outbox import OutboxEvent, enqueue, outbox_migration
 
+from loopline_monitor.adapters.llm_store import LLM_MIGRATION
 from loopline_monitor.domain.windows import Row
 
 SCHEMA = "monitor"
@@ -60,7 +61,7 @@ MIGRATIONS = [Migration(1, "predictions_drift_alerts", """
     create table evaluations (
         id bigserial primary key, model_name text not null, model_version int not null, spec text not null,
         variant text not null, at timestamptz not null default now(), summary jsonb not null);
-""")]
+"""), LLM_MIGRATION]
 
 # column lists spliced into queries below: constants, never input (hence the S608 waivers)
 _ROW = "seq, at, inputs, score, latency_ms, failed, out_of_range"

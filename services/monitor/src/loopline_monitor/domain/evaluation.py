@@ -49,7 +49,7 @@ class Evaluated:
     metrics: dict[str, float]
 
 
-def _rate(kind: str, metric: str, value: float, limits: tuple[float, float], what: str) -> Finding:
+def rate(kind: str, metric: str, value: float, limits: tuple[float, float], what: str) -> Finding:
     severity = "critical" if value >= limits[1] else "warning"
     crossed = value >= limits[0]
     threshold = limits[1] if severity == "critical" else limits[0]
@@ -85,10 +85,10 @@ def evaluate_window(snap: Snapshot, profile: Profile, limits: Limits, rejected: 
     quality = (snap.out_of_range + rejected + _unseen(snap, profile)) / size
     p95 = latency_quantile(snap.latency, 0.95)
     errors = snap.failed / max(snap.size, 1)
-    findings += [_rate("data_quality", "bad_value_rate", quality, limits.quality,
+    findings += [rate("data_quality", "bad_value_rate", quality, limits.quality,
                        "rows with missing, non-finite, out-of-range or unseen values"),
-                 _rate("latency", "latency_p95_ms", p95, limits.latency_p95_ms, "p95 latency (ms)"),
-                 _rate("error_rate", "error_rate", errors, limits.error_rate, "error rate")]
+                 rate("latency", "latency_p95_ms", p95, limits.latency_p95_ms, "p95 latency (ms)"),
+                 rate("error_rate", "error_rate", errors, limits.error_rate, "error rate")]
     figures = {"drift_share": share, "bad_value_rate": quality, "latency_p95_ms": p95, "error_rate": errors,
                "out_of_range_rate": snap.out_of_range / max(snap.size, 1), "rejected": float(rejected)}
     return Evaluated(findings, tests, prediction, share, dataset, figures)

@@ -174,7 +174,7 @@ class Watch:
         for t in ev.columns:
             m.COLUMN_SCORE.labels(w.model, t.column, t.stattest).set(t.score)
         win.evaluated()
-        await self._decide(w, spec, "", snap.start, snap.end, snap.size, ev.findings, record, report,
+        await self.decide(w, spec, "", snap.start, snap.end, snap.size, ev.findings, record, report,
                            (win.evaluated_seq, win.next_end, count))
 
     async def _performance(self, w: Watched) -> None:
@@ -197,12 +197,14 @@ class Watch:
                                      window=spec, window_size=len(rows), window_start=_ts(start), window_end=_ts(end),
                                      metrics=figures, variant=variant, crossed=[f.kind for f in findings if f.crossed])
             # alerts on the version as a whole; per-variant figures are recorded, not alerted on
-            await self._decide(w, spec, variant, start, end, len(rows), findings if not variant else [], record,
+            await self.decide(w, spec, variant, start, end, len(rows), findings if not variant else [], record,
                                ("", ""), None)
 
-    async def _decide(self, w: Watched, spec: str, variant: str, start: float, end: float, size: int,
-                      findings: list[Finding], record: WindowEvaluated, report: tuple[str, str],
-                      window: tuple[int, float | None, int] | None) -> None:
+    async def decide(self, w: Watched, spec: str, variant: str, start: float, end: float, size: int,
+                     findings: list[Finding], record: WindowEvaluated, report: tuple[str, str],
+                     window: tuple[int, float | None, int] | None, policy: alerting.Policy | None = None) -> None:
+        """Step the alert episodes of ``findings`` and record the evaluation, its alert states and the events
+        they publish in one transaction (outbox). ``policy`` replaces the N-of-M one (budgets: 1 of 1)."""
         now = time.time()
         events = [OutboxEvent(record.metadata.event_id, self.namer.evaluations(), record.SerializeToString(),
                               key=w.model, message_type=WindowEvaluated.DESCRIPTOR.full_name)]
@@ -212,7 +214,7 @@ class Watch:
             state = w.alerts.get(f.kind, alerting.State())
             new_id = derived_id("alert", w.model, str(w.version), f.kind, record.metadata.event_id)
             st = alerting.step(state, f.crossed, f.severity or "warning", now=now, window_start=start,
-                               window_end=end, policy=self.policy, new_id=new_id)
+                               window_end=end, policy=policy or self.policy, new_id=new_id)
             w.alerts[f.kind] = st.state
             states[f.kind] = dataclasses.asdict(st.state)
             if st.action in (alerting.Action.RAISE, alerting.Action.REPEAT):
