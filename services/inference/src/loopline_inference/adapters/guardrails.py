@@ -9,6 +9,7 @@ fetching the list. Build one ``Guardrails`` at start (about 5 s: Presidio's reco
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import unicodedata
@@ -72,7 +73,13 @@ def _separated_cards() -> CreditCardRecognizer:
 def build_analyzer() -> AnalyzerEngine:
     nlp = _BlankSpacy()
     registry = RecognizerRegistry()
-    registry.load_predefined_recognizers(nlp_engine=nlp, languages=[_LANGUAGE])
+    presidio_log = logging.getLogger("presidio-analyzer")
+    level = presidio_log.level
+    presidio_log.setLevel(logging.ERROR)  # one warning per recognizer of another language, every start
+    try:
+        registry.load_predefined_recognizers(nlp_engine=nlp, languages=[_LANGUAGE])
+    finally:
+        presidio_log.setLevel(level)
     registry.remove_recognizer("SpacyRecognizer")  # NER on a blank pipeline finds nothing
     registry.remove_recognizer("EmailRecognizer")
     registry.add_recognizer(_OfflineEmailRecognizer())
