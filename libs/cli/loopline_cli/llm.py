@@ -11,8 +11,11 @@ import typer
 from loopline_core.errors import LooplineError
 from rich.console import Console
 
+from loopline_cli.preferences import export_preferences_command
+
 llm_app = typer.Typer(help="LLMs: build the tiny Llama, register an LLM, export preference data.",
                       no_args_is_help=True)
+llm_app.command("export-preferences")(export_preferences_command)
 console = Console()
 err = Console(stderr=True)
 

@@ -48,7 +48,7 @@ def service_env() -> dict[str, dict[str, str]]:
         "inference": {"LOOPLINE_INFERENCE_MODELS": "[]", "LOOPLINE_INFERENCE_LLM_MODELS": f'["{MODEL}"]',
                       "LOOPLINE_INFERENCE_LLM_PRICES": json.dumps(PRICES)},
         "monitor": {"LOOPLINE_MONITOR_LLM_MODELS": f'["{MODEL}"]', "LOOPLINE_MONITOR_TEXT_REFERENCE": "100",
-                    "LOOPLINE_MONITOR_TEXT_WINDOWS": '["count:100/50"]', "LOOPLINE_MONITOR_MODELS": "[]",
+                    "LOOPLINE_MONITOR_TEXT_WINDOWS": '["count:100/50"]',
                     "LOOPLINE_MONITOR_LLM_BUDGETS": json.dumps(BUDGET)},
     }
 
@@ -127,10 +127,12 @@ async def traffic(base_url: str, bootstrap: str, namer: TopicNamer, topics: tupl
             question = rng.choice(INJECTIONS)
         elif i % 17 == 3:
             question = rng.choice(PII)
+        request_id = uuid.uuid4().hex  # the caller's id: feedback names the answer by it
         async with gate:
             try:
-                answer = await client.completions.create(
+                await client.completions.create(
                     model=MODEL, prompt="", stream=False, user=f"client-{i % 4}",
+                    extra_headers={"x-request-id": request_id},
                     extra_body={"prompt": {"name": PROMPT, "alias": "production", "variables": {"question": question}}})
             except BadRequestError:
                 counts["refused"] += 1
@@ -138,13 +140,13 @@ async def traffic(base_url: str, bootstrap: str, namer: TopicNamer, topics: tupl
         counts["answered"] += 1
         if rng.random() < 0.35:
             kind = rng.choice(["thumbs", "thumbs", "correction"])
-            fb = Feedback(request_id=answer.id, model_name=MODEL, kind=kind, rater="demo-agent",
+            fb = Feedback(request_id=request_id, model_name=MODEL, kind=kind, rater="demo-agent",
                           score=1.0 if kind == "thumbs" and rng.random() < 0.7 else -1.0 if kind == "thumbs" else 0.0,
                           correction="Thank you. I have fixed it for you today." if kind == "correction" else "")
             fb.metadata.event_id = uuid.uuid4().hex
             fb.metadata.producer = "demo"
             fb.metadata.occurred_at.GetCurrentTime()
-            await publisher.publish(namer.feedback(MODEL), fb.SerializeToString(), key=answer.id,
+            await publisher.publish(namer.feedback(MODEL), fb.SerializeToString(), key=request_id,
                                     message_type="loopline.llm.v1.Feedback")
             counts["feedback"] += 1
 
@@ -209,8 +211,9 @@ async def scenario(env: dict[str, str], registry_addr: str, base: str, out_dir: 
     try:
         from loopline_cli.preferences import export_preferences  # noqa: PLC0415
 
-        export = await asyncio.to_thread(export_preferences, MODEL, out_dir / "preferences", dsn=env[
-            "LOOPLINE_POSTGRES_DSN"])
+        await asyncio.sleep(5)  # the monitor joins the last feedback
+        parquet = out_dir / f"loopline-llm-preferences-{time.strftime('%Y%m%dT%H%M%S')}.parquet"
+        export = await asyncio.to_thread(export_preferences, MODEL, parquet, dsn=env["LOOPLINE_POSTGRES_DSN"])
         mark(f"preference dataset exported: {export.get('rows', '?')} pairs")
     except Exception as exc:  # noqa: BLE001 - the report says what failed; the rest of the demo stands
         export = {"error": str(exc)}

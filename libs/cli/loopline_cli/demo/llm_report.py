@@ -22,7 +22,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 def write_report(result: dict[str, Any], out_dir: Path) -> Path:
     gens = result["generations"]
     outcomes = Counter(g.outcome for g in gens)
-    hits = Counter((h.stage, h.action) for g in gens for h in g.guardrails)
+    hits = Counter(hit for g in gens for hit in {(h.stage, h.action) for h in g.guardrails})
     versions = Counter((g.prompt_name, g.prompt_version) for g in gens if g.prompt_name)
     tokens_in = sum(g.prompt_tokens for g in gens)
     tokens_out = sum(g.completion_tokens for g in gens)
