@@ -217,6 +217,7 @@ async def test_a_registry_prompt_by_alias_and_by_version(served: Served) -> None
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"prompt": ""}, "empty"),
     ({"prompt": "x " * 1500}, "at most 2000"),
+    ({"prompt": "x " * 900}, "the LLM engine refused the request"),  # under our limit, over the model's context
     ({"prompt": "", "extra_body": {"prompt": {"name": "support", "version": 99, "variables": {}}}},
      "unknown prompt version"),
     ({"prompt": "", "extra_body": {"prompt": {"name": "no-such-prompt", "alias": "production"}}},

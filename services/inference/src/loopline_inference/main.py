@@ -114,6 +114,7 @@ async def main(stop: asyncio.Event) -> None:
                 await task
         await _stop_http(http)
         await server.stop(5)  # lets in-flight calls finish (and queue their rows)
+        # the engines before the rest: a service killed after its drain time would leave them running
         await llms.close()
         await generation_log.close()
         await scorer.close()  # shadow copies finish and log
@@ -142,7 +143,7 @@ async def _serve_http(app: object, host: str, port: int) -> tuple[tuple[_Server,
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=5)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     return (server, task), sock.getsockname()[1]
@@ -179,7 +180,7 @@ async def _stop_http(http: tuple[_Server, asyncio.Task[None]] | None) -> None:
     if http is not None:
         http[0].should_exit = True  # finishes the responses in flight, then returns
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(http[1], 10)
+            await asyncio.wait_for(http[1], 6)
 
 
 def _engine_config(values: dict[str, object]) -> EngineConfig:

@@ -54,7 +54,7 @@ class ServedLlm:
 
     async def close(self) -> None:
         await self.client.close()
-        await self.server.stop()
+        await self.server.stop(timeout_s=8.0)  # then SIGKILL: within the service's own drain time
 
 
 class LlmRepository:
@@ -157,6 +157,9 @@ class LlmRepository:
         log.info("starting the LLM engine", extra={"model": name, "version": v.version})
         try:
             await server.start(self._start_timeout_s)
+        except asyncio.CancelledError:  # shutting down mid-start: the child must not outlive the service
+            await server.stop(timeout_s=8.0)
+            raise
         except LooplineError as exc:
             self._failed[(name, v.version)] = time.monotonic()
             LLM_ENGINE_STARTS.labels(name, "failed").inc()
