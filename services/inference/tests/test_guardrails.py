@@ -329,3 +329,29 @@ def test_off_stages_are_not_counted() -> None:
     build(registry, injection="off").check_input("hello", model=MODEL)
     assert registry.get_sample_value("loopline_inference_guardrail_checks_total",
                                      {"model": MODEL, "stage": "injection"}) is None
+
+
+# ---- streaming -----------------------------------------------------------------------------------------
+
+def streamed_answer() -> str:
+    filler = "The parcel left the depot this morning and the courier will call ahead of the delivery. "
+    secrets = [f"card {CARD}", "mail ops.team@example.org", "phone +44 20 7946 0958",
+               "IBAN DE89 3704 0044 0532 0130 00", "card 5500-0000-0000-0004", "ssn 536-22-1234"]
+    return "".join(filler * 3 + secret + ". " for secret in secrets) + filler * 2
+
+
+def test_streamed_prefixes_end_as_the_whole_answer() -> None:
+    answer = streamed_answer()
+    registry = CollectorRegistry()
+    streaming = build(registry)
+    for end in range(1, len(answer)):
+        if answer[end] == " ":  # the stream is checked again at every word, as the generate use case does
+            partial = streaming.preview_output(answer[:end], model=MODEL)
+            assert CARD not in partial.text and "ops.team@" not in partial.text
+    final = streaming.check_output(answer, model=MODEL)
+    assert final == build().check_output(answer, model=MODEL)  # previews leave no trace in the verdict
+    assert final.text.count("<CREDIT_CARD>") == 2 and "<IBAN_CODE>" in final.text and "<US_SSN>" in final.text
+    assert registry.get_sample_value("loopline_inference_guardrail_checks_total",
+                                     {"model": MODEL, "stage": "pii_output"}) == 1  # previews are not counted
+    assert registry.get_sample_value("loopline_inference_guardrail_hits_total", {
+        "model": MODEL, "stage": "pii_output", "rule": "CREDIT_CARD", "action": "redact"}) == 1

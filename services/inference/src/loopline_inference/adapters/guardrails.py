@@ -136,6 +136,14 @@ class Guardrails:
         return self._verdict(text, results)
 
     def check_output(self, text: str, *, model: str) -> Verdict:
+        return self._output(text, model, counted=True)
+
+    def preview_output(self, text: str, *, model: str) -> Verdict:
+        """``check_output`` without touching the metrics: for the partial text of a stream, checked again at
+        every word, so that an answer's hits are counted once (by ``check_output`` on its final text)."""
+        return self._output(text, model, counted=False)
+
+    def _output(self, text: str, model: str, *, counted: bool) -> Verdict:
         config = self._config
         results: list[StageResult] = []
         current = text
@@ -149,7 +157,8 @@ class Guardrails:
         for stage, action, check in stages:
             if action == "off":
                 continue
-            result = self._run(stage, model, lambda check=check, t=current: check(t))  # type: ignore[misc]
+            result = self._run(stage, model, lambda check=check, t=current: check(t),  # type: ignore[misc]
+                               counted=counted)
             results.append(result)
             current = result.text
         if config.max_length != "off":
@@ -169,9 +178,11 @@ class Guardrails:
         final = results[-1].text if results and not blocked else text
         return Verdict(self.redact(final) if blocked else final, hits, blocked)
 
-    def _run(self, stage: str, model: str, check: Callable[[], StageResult]) -> StageResult:
+    def _run(self, stage: str, model: str, check: Callable[[], StageResult], *, counted: bool = True) -> StageResult:
         start = time.perf_counter()
         result = check()
+        if not counted:
+            return result
         self._seconds.labels(stage).observe(time.perf_counter() - start)
         self._checks.labels(model, stage).inc()
         for hit in result.hits:
