@@ -31,6 +31,7 @@ from loopline_core.registry import RegistryClient
 from loopline_stack import StackState
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, register_signed_model, set_alias
+from loopline_testing.flow import metric, metrics_port
 from loopline_testing.llm import register_tiny, tiny_llm  # noqa: F401 - the session fixture, used by name
 from loopline_testing.plugin import isolate
 
@@ -186,6 +187,13 @@ async def test_tokens_and_cost_in_the_generation_event(served: Served) -> None:
     assert json.loads(g.sampling_parameters) == {"max_tokens": 12, "temperature": 0.0}
     assert g.output_text == resp.choices[0].text and g.input_text == PROMPT
     assert g.latency_ms >= g.ttft_ms > 0
+    port = metrics_port(served.log)  # Prometheus: at least this request's figures (other tests add theirs)
+    assert metric(port, "loopline_inference_llm_cost_total", model=MODEL, version="1", variant="vllm",
+                  currency="USD") >= g.cost > 0
+    assert metric(port, "loopline_inference_llm_tokens_total", model=MODEL, kind="completion") >= g.completion_tokens
+    assert metric(port, "loopline_inference_llm_requests_total", model=MODEL, api="openai.completions",
+                  outcome="ok") >= 1
+    assert metric(port, "loopline_inference_llm_ttft_seconds_count", model=MODEL) >= 1
 
 
 async def test_a_registry_prompt_by_alias_and_by_version(served: Served) -> None:
@@ -259,6 +267,7 @@ async def test_a_client_leaving_mid_stream_cancels_the_generation(served: Served
     g = await _generation(served, rid)
     assert (g.outcome, g.finish_reason) == ("cancelled", "abort")
     assert g.completion_tokens < 400
+    assert metric(metrics_port(served.log), "loopline_inference_llm_requests_total", outcome="cancelled") >= 1
     engine = served.engine_url()
     async with asyncio.timeout(30):
         while await _running(engine) != 0:
