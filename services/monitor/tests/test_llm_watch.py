@@ -30,7 +30,8 @@ from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet
 
 MODEL = "tiny-llama"
-ENV = {"LOOPLINE_MONITOR_LLM_MODELS": f'["{MODEL}"]', "LOOPLINE_MONITOR_TEXT_REFERENCE": "100",
+ENV = {"LOOPLINE_MONITOR_LLM_MODELS": f'["{MODEL}"]', "LOOPLINE_MONITOR_MODELS": "[]",
+       "LOOPLINE_MONITOR_TEXT_REFERENCE": "100",
        "LOOPLINE_MONITOR_TEXT_WINDOWS": '["count:100/50"]', "LOOPLINE_MONITOR_REPEAT_S": "3600",
        "LOOPLINE_MONITOR_LLM_BUDGETS": json.dumps({MODEL: {"window_s": 3600, "limit": 1.0, "currency": "USD"}}),
        "LOOPLINE_MONITOR_FEEDBACK_TTL_S": "10", "LOOPLINE_MONITOR_LABEL_SWEEP_S": "1",

@@ -1,4 +1,5 @@
-"""Composition root of the monitor: Postgres, references, reports, the watch, two consumers, the label sweep."""
+"""Composition root of the monitor: Postgres, references, reports, the watch, the consumers of predictions and
+labels and of LLM generations and feedback (each where configured), the sweeps of unmatched labels and feedback."""
 
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ async def main(stop: asyncio.Event) -> None:
     lock = asyncio.Lock()  # the two consumers share the watch's in-memory state
     predictions = PredictionHandler(store, watch, lock)
     labels = LabelHandler(store, watch, lock, rt.publisher, rt.namer, settings)
-    rt.subscribe([rt.namer.predictions(m) for m in settings.monitor_models], predictions.decode,
-                 predictions.on_predictions)
-    rt.consumer([rt.namer.labels(settings.monitor_dataset)], labels.decode, labels.on_label,
-                group=rt.namer.group("monitor-labels"))
-    sweep = asyncio.create_task(labels.sweep(stop))
-    llm_sweep: asyncio.Task[None] | None = None
+    sweeps: list[asyncio.Task[None]] = []
+    if settings.monitor_models:  # an LLM-only monitor (MODELS=[]) joins no predictions or labels group
+        rt.subscribe([rt.namer.predictions(m) for m in settings.monitor_models], predictions.decode,
+                     predictions.on_predictions)
+        rt.consumer([rt.namer.labels(settings.monitor_dataset)], labels.decode, labels.on_label,
+                    group=rt.namer.group("monitor-labels"))
+        sweeps.append(asyncio.create_task(labels.sweep(stop)))
     if settings.monitor_llm_models:  # MiniLM is loaded only where an LLM is watched
         threads, batch = settings.monitor_embed_threads, settings.monitor_embed_batch
         llm = LlmWatch(LlmStore(pool), watch, lambda: Embedder(threads=threads, batch_size=batch), rt.publisher,
@@ -56,13 +58,12 @@ async def main(stop: asyncio.Event) -> None:
                      llm.on_generations, group=rt.namer.group("monitor-generations"), max_records=200)
         rt.consumer([rt.namer.feedback(x) for x in settings.monitor_llm_models], llm.decode_feedback,
                     llm.on_feedback, group=rt.namer.group("monitor-feedback"))
-        llm_sweep = asyncio.create_task(llm.sweep(stop))
+        sweeps.append(asyncio.create_task(llm.sweep(stop)))
     rendering = asyncio.create_task(reports.run())
 
     async def finish_background() -> None:
-        await sweep
-        if llm_sweep is not None:
-            await llm_sweep
+        for sweep in sweeps:
+            await sweep
         await reports.close()  # the reports already queued are stored before the store closes
         await rendering
 
