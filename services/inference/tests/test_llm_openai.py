@@ -39,6 +39,8 @@ MODEL = "tiny-llama"
 BROKEN = "broken-llama"
 PRICES = {MODEL: {"vllm": {"input_per_1k": 0.5, "output_per_1k": 1.5, "currency": "USD"}}}
 PROMPT = "Customer: my card was charged twice for one order\nAgent:"
+MAX_OUTPUT = 160
+"""Answers are cut here by the max_length guardrail (flag: truncate); the other tests' answers are shorter."""
 CARD, EMAIL = "4111 1111 1111 1111", "jane.doe@example.com"
 
 pytestmark = pytest.mark.timeout(900)
@@ -88,6 +90,7 @@ async def served(stack: StackState, tiny_llm: Path,  # noqa: F811 - the fixture 
         "LOOPLINE_INFERENCE_LLM_MODELS": json.dumps([MODEL, BROKEN]),
         "LOOPLINE_INFERENCE_LLM_PRICES": json.dumps(PRICES),
         "LOOPLINE_INFERENCE_LLM_MAX_PROMPT_CHARS": "2000",
+        "LOOPLINE_INFERENCE_GUARDRAILS": json.dumps({"max_output_chars": MAX_OUTPUT}),
         "LOOPLINE_INFERENCE_RECONCILE_S": "2"}})
     await asyncio.to_thread(svc.start, names=("registry", "inference"))
     client = openai.AsyncOpenAI(base_url=f"{svc.http_url()}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -170,6 +173,21 @@ async def test_completions_streaming_chat_and_models(served: Served) -> None:
         if chunk.choices:
             streamed += chunk.choices[0].delta.content or ""
     assert streamed == answer
+
+
+async def test_an_output_guardrail_cuts_a_stream_as_it_cuts_the_whole_answer(served: Served) -> None:
+    rid = _rid()
+    kwargs = {"model": MODEL, "prompt": PROMPT, "temperature": 0, "max_tokens": 150, "extra_body": {"ignore_eos": True}}
+    whole = await served.client.completions.create(**kwargs, extra_headers={"x-request-id": rid})  # type: ignore[call-overload]
+    text = whole.choices[0].text
+    assert len(text) == MAX_OUTPUT, "150 tokens are longer than the cap"
+    streamed = ""
+    async for chunk in await served.client.completions.create(**kwargs, stream=True):  # type: ignore[call-overload]
+        if chunk.choices:
+            streamed += chunk.choices[0].text
+    assert streamed == text, "the stream sends only what the output guardrails let through"
+    g = await _generation(served, rid)
+    assert "max_length" in [h.stage for h in g.guardrails] and g.output_text == text and g.outcome == "ok"
 
 
 async def test_tokens_and_cost_in_the_generation_event(served: Served) -> None:

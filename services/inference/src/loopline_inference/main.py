@@ -164,7 +164,8 @@ async def _llm_side(settings: Settings, rt: Runtime, objects: ObjectStore,
     guardrails = await asyncio.to_thread(Guardrails, settings.inference_guardrails)
     generator = Generator(llms, RegistryClient(settings.registry_addr), generation_log,
                           PriceTable.from_config(settings.inference_llm_prices), guardrails,
-                          max_prompt_chars=settings.inference_llm_max_prompt_chars)
+                          max_prompt_chars=settings.inference_llm_max_prompt_chars,
+                          holdback_chars=settings.inference_llm_stream_holdback_chars)
     return llms, generation_log, generator
 
 

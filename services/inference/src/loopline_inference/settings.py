@@ -63,6 +63,10 @@ class Settings(CoreSettings):
     inference_llm_prices: dict[str, dict[str, dict[str, Any]]] = {}
     """Price table per model and variant: ``{"tiny-llama": {"vllm": {"input_per_1k": 0.0005,
     "output_per_1k": 0.0015, "currency": "USD"}}}``; a generation's cost is tokens x rates."""
+    inference_llm_stream_holdback_chars: int = 0
+    """Trailing characters a stream holds back besides a partial word (0: the word only). A card number
+    or IBAN written in groups can otherwise leave in pieces before the whole is recognised as PII; 48
+    covers them, at the cost of that much text's delay in every stream."""
     inference_guardrails: GuardrailConfig = Field(default_factory=lambda: GuardrailConfig.model_validate({}))
     """Guardrail stages and their actions on the LLM path (JSON)."""
     inference_http_port: int = 0

@@ -88,6 +88,7 @@ class Guardrails(Protocol):
 
     def check_input(self, text: str, *, model: str) -> Verdict: ...
     def check_output(self, text: str, *, model: str) -> Verdict: ...
+    def preview_output(self, text: str, *, model: str) -> Verdict: ...
     def redact(self, text: str) -> str: ...
 
 
@@ -131,13 +132,17 @@ class _Plan:
 
 class Generator:
     def __init__(self, engines: LlmRepository, prompts_: Prompts, generation_log: GenerationLog,
-                 prices: PriceTable, guardrails: Guardrails | None = None, *, max_prompt_chars: int = 8000) -> None:
+                 prices: PriceTable, guardrails: Guardrails | None = None, *, max_prompt_chars: int = 8000,
+                 holdback_chars: int = 0) -> None:
         self._engines = engines
         self._prompts = prompts_
         self._log = generation_log
         self._prices = prices
         self._guardrails = guardrails
         self.max_prompt_chars = max_prompt_chars
+        self.holdback_chars = holdback_chars
+        """A stream also holds back this many trailing characters (besides a partial word), so PII written
+        across words (a card number in groups of four) is whole before the output check sees it."""
 
     def ready(self, model: str) -> bool:
         return self._engines.ready(model)
@@ -279,7 +284,7 @@ class Generator:
         return verdict.text
 
     async def _engine(self, call: _Call, plan: _Plan) -> AsyncGenerator[Piece, None]:
-        raw, safe, sent, checked = "", "", 0, 0
+        raw, safe, sent = "", "", 0
         blocked = False
         finish: str | None = None
         async with contextlib.aclosing(plan.served.client.stream(plan.params, chat=plan.chat)) as chunks:
@@ -296,16 +301,15 @@ class Generator:
                 raw += chunk.text
                 if not any(c.isspace() for c in chunk.text):
                     continue  # nothing new could be sent (a partial word is held back): check at a word's end
-                safe, blocked = self._guard_output(call, raw)
-                checked = len(raw)
+                safe, blocked = self._guard_output(call, raw, final=False)
                 if blocked:
                     break  # closing the engine stream aborts the request in vLLM
-                cut = max(safe.rfind(" "), safe.rfind("\n")) + 1
+                ready = safe[:max(len(safe) - self.holdback_chars, 0)]
+                cut = max(ready.rfind(" "), ready.rfind("\n")) + 1
                 if cut > sent:
                     yield Piece(safe[sent:cut])
                     sent = cut
-        if not blocked and checked != len(raw):
-            safe, blocked = self._guard_output(call, raw)
+        safe, blocked = self._guard_output(call, raw, final=True)  # counted once, on the whole answer
         if blocked:
             call.blocked_stage = next((h.stage for h in call.hits if h.action == "block"), "output")
             call.outcome, call.finish_reason = "blocked", "content_filter"
@@ -317,10 +321,12 @@ class Generator:
         call.output_text = self._redact(safe)
         yield Piece(safe[sent:], call.finish_reason, call.prompt_tokens, call.completion_tokens)
 
-    def _guard_output(self, call: _Call, text: str) -> tuple[str, bool]:
+    def _guard_output(self, call: _Call, text: str, *, final: bool) -> tuple[str, bool]:
+        """The text the output guardrails let through; a partial answer is previewed (not counted)."""
         if self._guardrails is None:
             return text, False
-        verdict = self._guardrails.check_output(text, model=call.req.model)
+        check = self._guardrails.check_output if final else self._guardrails.preview_output
+        verdict = check(text, model=call.req.model)
         # the check runs on the whole text so far: keep only the latest round's hits
         call.hits = [h for h in call.hits if h.stage in _INPUT_STAGES] + [_hit(h) for h in verdict.hits]
         return verdict.text, verdict.blocked
