@@ -355,3 +355,24 @@ def test_streamed_prefixes_end_as_the_whole_answer() -> None:
                                      {"model": MODEL, "stage": "pii_output"}) == 1  # previews are not counted
     assert registry.get_sample_value("loopline_inference_guardrail_hits_total", {
         "model": MODEL, "stage": "pii_output", "rule": "CREDIT_CARD", "action": "redact"}) == 1
+
+
+def test_text_without_pii_characters_skips_presidio(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = build()
+    calls: list[str] = []
+    real = g._analyzer.analyze
+
+    def counting(text: str, **kwargs: object) -> object:
+        calls.append(text)
+        return real(text, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(g._analyzer, "analyze", counting)
+    clean = "Customer: Where is my laptop?\nAgent: It left our warehouse and is with the courier."
+    assert g.redact(clean) == clean
+    assert calls == []
+    # each of these has what the prefilter lets through: a digit, an '@' (full-width too), IPv6 colons
+    for text, entity in [("mail jane.doe\uff20example.com", "<EMAIL_ADDRESS>"),
+                         ("from abcd:ef01:abcd:abcd:abcd:abcd:abcd:abcd", "<IP_ADDRESS>"),
+                         ("card 4111 1111 1111 1111", "<CREDIT_CARD>")]:
+        assert entity in g.redact(text)
+    assert len(calls) == 3
