@@ -23,11 +23,15 @@ import openai
 import pytest
 import tritonclient.grpc as tg
 from aiokafka import AIOKafkaConsumer
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from loopline.llm.v1.events_pb2 import Generation, GuardrailTriggered
+from loopline.monitor.v1.events_pb2 import ArtifactRefused
 from loopline.registry.v1 import registry_pb2
 from loopline_core.kafka import TopicNamer, ensure_topics
+from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
+from loopline_core.signing import SigningKey
+from loopline_ml.store import split_uri, upload_signed
 from loopline_stack import StackState
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, register_signed_model, set_alias
@@ -119,7 +123,10 @@ async def _find(bootstrap: str, topic: str, kind: type[Message], match: Callable
             while True:
                 for records in (await c.getmany(timeout_ms=200)).values():
                     for r in records:
-                        m = kind.FromString(r.value)
+                        try:
+                            m = kind.FromString(r.value)
+                        except DecodeError:  # another kind of message on a shared topic
+                            continue
                         if match(m):
                             return m
     finally:
@@ -338,5 +345,36 @@ async def test_an_engine_that_fails_to_start_leaves_the_rest_serving(served: Ser
     inp = tg.InferInput("features", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     assert triton.infer("fraud", [inp]).as_numpy("score").shape[0] == 2
+    ok = await served.client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0)
+    assert ok.choices[0].text
+
+
+async def test_a_tampered_llm_version_is_refused_and_the_engine_keeps_serving(served: Served,
+                                                                              tiny_llm: Path) -> None:  # noqa: F811
+    """Last in the module: it moves the champion alias (to a version that is never served)."""
+    env = served.env
+    private = Path(env["LOOPLINE_SIGNING_KEY"])
+    store = ObjectStore(env["LOOPLINE_S3_ENDPOINT"], env["LOOPLINE_S3_ACCESS_KEY"], env["LOOPLINE_S3_SECRET_KEY"])
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "model"
+        shutil.copytree(tiny_llm, work)
+        uri, sig, key_id = await upload_signed(store, SigningKey(private, private.with_suffix(".pub")), work,
+                                               f"{MODEL}/{_rid()}")
+    bucket, prefix = split_uri(uri)  # after signing, a weight-free file changes in the store: tampered
+    await store.put_bytes(bucket, f"{prefix}/config.json", (tiny_llm / "config.json").read_bytes() + b" ")
+    registry = RegistryClient(served.svc.addr("registry"))
+    try:
+        v2 = await registry.register(registry_pb2.ModelVersion(
+            model_name=MODEL, flavor="llm", artifact_uri=uri, signature_uri=sig, signer_key_id=key_id,
+            run_id=_rid(), dataset_digest="test", gate=registry_pb2.Gate(passed=True, summary="test", checks=[
+                registry_pb2.GateCheck(metric="final_loss", kind="absolute", threshold=10.0, value=1.0, passed=True)])))
+        await registry.set_alias(MODEL, "champion", v2.version, actor="test", reason="tampered on purpose")
+    finally:
+        await registry.close()
+    refused = await _find(env["LOOPLINE_KAFKA_BOOTSTRAP"], served.namer.alerts(), ArtifactRefused,
+                          lambda m: m.model_name == MODEL and m.model_version == v2.version)  # type: ignore[attr-defined]
+    assert isinstance(refused, ArtifactRefused) and refused.kind == "tampered" and refused.service == "inference"
+    models = (await served.client.models.list()).data
+    assert [(m.id, getattr(m, "version", None)) for m in models] == [(MODEL, 1)], "v1's engine keeps serving"
     ok = await served.client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0)
     assert ok.choices[0].text
