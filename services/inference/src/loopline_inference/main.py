@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from collections.abc import Generator as Gen
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 import uvicorn
@@ -184,7 +185,7 @@ async def _stop_http(http: tuple[_Server, asyncio.Task[None]] | None) -> None:
             await asyncio.wait_for(http[1], 6)
 
 
-def _engine_config(values: dict[str, object]) -> EngineConfig:
+def _engine_config(values: dict[str, Any]) -> EngineConfig:
     extra = values.get("extra_args", ())
     return EngineConfig(**{**values, "extra_args": tuple(extra) if isinstance(extra, list | tuple) else ()})
 

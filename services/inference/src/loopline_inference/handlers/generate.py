@@ -18,12 +18,13 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from loopline.llm.v1.events_pb2 import Generation, GuardrailHit, GuardrailTriggered
 from loopline.registry.v1 import registry_pb2
 from loopline_core.errors import ErrorKind, LooplineError, invalid
 from loopline_core.events import metadata
+from loopline_llm.client import Chunk
 from loopline_ml.prompt import PromptError, canonical_sampling, render
 from loopline_ml.sampling import SamplingError, merge, validate
 
@@ -287,7 +288,9 @@ class Generator:
         raw, safe, sent = "", "", 0
         blocked = False
         finish: str | None = None
-        async with contextlib.aclosing(plan.served.client.stream(plan.params, chat=plan.chat)) as chunks:
+        # the client's stream is an async generator (typed as an iterator): closed explicitly, as the caller's
+        stream = cast("AsyncGenerator[Chunk, None]", plan.served.client.stream(plan.params, chat=plan.chat))
+        async with contextlib.aclosing(stream) as chunks:
             async for chunk in chunks:
                 if chunk.prompt_tokens is not None:
                     call.prompt_tokens = chunk.prompt_tokens
