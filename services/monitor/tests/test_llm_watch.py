@@ -9,6 +9,7 @@ and the preference export checked row by row. Plus the pure pieces (pairs, budge
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from loopline.llm.v1.events_pb2 import Feedback, Generation, GuardrailHit
 from loopline.monitor.v1.events_pb2 import AlertRaised, WindowEvaluated
-from loopline_cli.preferences import manifest_path, pairs, write_preferences
+from loopline_cli.preferences import export_preferences, manifest_path, pairs, write_preferences
 from loopline_core.events import metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
 from loopline_core.kafka.records import DLQ_REASON, MESSAGE_TYPE
@@ -192,7 +193,7 @@ async def test_llm_text_drift_quality_budget_feedback_and_export(  # noqa: PLR09
 
     # the preference export, row by row
     out = tmp_path / "prefs.parquet"
-    manifest = await write_preferences(MODEL, out, dsn=isolated["LOOPLINE_POSTGRES_DSN"])
+    manifest = await asyncio.to_thread(export_preferences, MODEL, out, dsn=isolated["LOOPLINE_POSTGRES_DSN"])
     table = pq.read_table(out).to_pylist()
     assert [(r["source"], r["chosen_request_id"], r["rejected_request_id"]) for r in table] == [
         ("correction", "r-1-30", "r-1-30"), ("score", "r-1-20", "r-1-21"), ("thumbs", "r-1-10", "r-1-11")]

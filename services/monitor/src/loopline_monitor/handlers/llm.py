@@ -47,6 +47,7 @@ from loopline_monitor.settings import Settings
 log = logging.getLogger(__name__)
 BUDGET_POLICY_N = 1
 FEEDBACK_KINDS = ("thumbs", "score", "correction")
+_parse_feedback = proto(Feedback, "metadata.event_id", "request_id", "model_name", "kind")
 
 
 def _ts(t: float) -> Timestamp:
@@ -92,7 +93,7 @@ class LlmWatch:
 
     @staticmethod
     def decode_feedback(record: Record) -> Feedback:
-        f: Feedback = proto(Feedback, "metadata.event_id", "request_id", "model_name", "kind")(record)
+        f: Feedback = _parse_feedback(record)
         if f.kind not in FEEDBACK_KINDS:
             raise invalid(f"feedback kind {f.kind!r}: expected one of {', '.join(FEEDBACK_KINDS)}")
         return f
