@@ -35,7 +35,7 @@ ENV = {"LOOPLINE_MONITOR_LLM_MODELS": f'["{MODEL}"]', "LOOPLINE_MONITOR_MODELS":
        "LOOPLINE_MONITOR_TEXT_REFERENCE": "100",
        "LOOPLINE_MONITOR_TEXT_WINDOWS": '["count:100/50"]', "LOOPLINE_MONITOR_REPEAT_S": "3600",
        "LOOPLINE_MONITOR_LLM_BUDGETS": json.dumps({MODEL: {"window_s": 3600, "limit": 1.0, "currency": "USD"}}),
-       "LOOPLINE_MONITOR_FEEDBACK_TTL_S": "10", "LOOPLINE_MONITOR_LABEL_SWEEP_S": "1",
+       "LOOPLINE_MONITOR_FEEDBACK_TTL_S": "30", "LOOPLINE_MONITOR_LABEL_SWEEP_S": "1",
        "LOOPLINE_REGISTRY_ADDR": "127.0.0.1:9"}  # the LLM watch never asks the registry (lazy channel)
 
 BILLING = ["Why was I charged twice for my {m} invoice?", "Can you refund the duplicate payment on my card?",
