@@ -26,7 +26,16 @@ from loopline_cli.preferences import export_preferences, manifest_path, pairs, w
 from loopline_core.events import metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
 from loopline_core.kafka.records import DLQ_REASON, MESSAGE_TYPE
-from loopline_monitor.domain.llm import Budget, Spend, budget_finding
+from loopline_monitor.domain.llm import (
+    Budget,
+    GenRow,
+    LlmLimits,
+    Spend,
+    TextWindow,
+    budget_finding,
+    evaluate_text_window,
+)
+from loopline_monitor.domain.windows import Spec
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet
 
@@ -233,3 +242,34 @@ def test_budget_spend_rolls_and_crosses() -> None:
     assert s.at(11.0) == pytest.approx(0.4), "the first cost left the window"
     assert not budget_finding(0.4, s.budget, 0.8).crossed
     assert budget_finding(1.0, s.budget, 0.8).severity == "critical"
+
+
+def test_text_window_findings_and_restore() -> None:
+    rng = np.random.default_rng(1)
+
+    def rows(first: int, n: int, shift: float = 0.0, refused: float = 0.0) -> list[GenRow]:
+        e = rng.normal(size=(n, 8))
+        e[:, 1] += 3.0
+        e[:, 0] += shift
+        return [GenRow(first + i, float(first + i), e[i], 20, 80.0, bool(rng.random() < refused), False, True)
+                for i in range(n)]
+
+    ref = rows(1, 60)
+    quiet_findings, figures = evaluate_text_window(ref, rows(61, 60), LlmLimits(), seed=1)
+    assert not any(f.crossed for f in quiet_findings) and figures["latency_per_token_p95_ms"] == 4.0
+    moved, _ = evaluate_text_window(ref, rows(121, 60, shift=2.0, refused=0.5), LlmLimits(), seed=1)
+    crossed = {f.kind: f.severity for f in moved if f.crossed}
+    assert crossed == {"text_drift": "critical", "refusal_rate": "critical"}, crossed
+
+    win = TextWindow(Spec.parse("count:4/2"))
+    due = []
+    for r in rows(200, 7):
+        due.append(win.add(r))
+        if due[-1]:
+            win.evaluated()
+    assert due == [False, False, False, True, False, True, False], "full at 4 rows, then every 2"
+    again = TextWindow(Spec.parse("count:4/2"))
+    again.restore(list(win.rows), win.evaluated_seq)
+    assert again.since == 1 and [r.seq for r in again.rows] == [r.seq for r in win.rows]
+    with pytest.raises(ValueError, match="count windows"):
+        TextWindow(Spec.parse("time:60s"))
