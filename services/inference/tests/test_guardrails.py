@@ -360,13 +360,13 @@ def test_streamed_prefixes_end_as_the_whole_answer() -> None:
 def test_text_without_pii_characters_skips_presidio(monkeypatch: pytest.MonkeyPatch) -> None:
     g = build()
     calls: list[str] = []
-    real = g._analyzer.analyze
+    real = g._pii_redactor._analyzer.analyze
 
     def counting(text: str, **kwargs: object) -> object:
         calls.append(text)
         return real(text, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(g._analyzer, "analyze", counting)
+    monkeypatch.setattr(g._pii_redactor._analyzer, "analyze", counting)
     clean = "Customer: Where is my laptop?\nAgent: It left our warehouse and is with the courier."
     assert g.redact(clean) == clean
     assert calls == []

@@ -135,7 +135,9 @@ async def test_llm_text_drift_quality_budget_feedback_and_export(  # noqa: PLR09
     await feed.feedback("f-down", "r-1-11", "thumbs", -1.0)  # redelivered: counted once
     await feed.feedback("f-high", "r-1-20", "score", 0.9)
     await feed.feedback("f-low", "r-1-21", "score", 0.1)
-    await feed.feedback("f-fix", "r-1-30", "correction", correction="Refunds take 5 days; here is how to ask.")
+    # a person's correction carries an e-mail and a card number: redacted before it is stored or exported
+    await feed.feedback("f-fix", "r-1-30", "correction",
+                        correction="Refunds take 5 days; write to jane.doe@example.com, card 4111 1111 1111 1111.")
     assert await _alerts(isolated) == [], "a stable stream of one topic raises nothing"
     stable = await _windows(isolated, 1)
     assert len(stable) == 5 and all(w.window == "text:count:100/50" and w.window_size == 100 for w in stable)
@@ -207,7 +209,9 @@ async def test_llm_text_drift_quality_budget_feedback_and_export(  # noqa: PLR09
     assert [(r["source"], r["chosen_request_id"], r["rejected_request_id"]) for r in table] == [
         ("correction", "r-1-30", "r-1-30"), ("score", "r-1-20", "r-1-21"), ("thumbs", "r-1-10", "r-1-11")]
     fix, score, thumbs = table
-    assert fix["chosen"] == "Refunds take 5 days; here is how to ask." and fix["rejected"].startswith("Answer 30 ")
+    assert fix["chosen"] == "Refunds take 5 days; write to <EMAIL_ADDRESS>, card <CREDIT_CARD>."
+    assert fix["rejected"].startswith("Answer 30 ")
+    assert b"jane.doe" not in out.read_bytes() and b"4111" not in out.read_bytes()
     assert score["prompt"] == same[20] and score["chosen"].startswith("Answer 20 ")
     assert thumbs["prompt"] == same[10] and thumbs["rejected"].startswith("Answer 11 ")
     assert all(r["prompt_name"] == "support" and r["prompt_version"] == 1 and r["chosen_model_version"] == 1

@@ -14,6 +14,7 @@ from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
 from loopline_core.signing import TrustStore
 from loopline_ml.embeddings import Embedder
+from loopline_ml.pii import Redactor
 
 from loopline_monitor.adapters.llm_store import LlmStore
 from loopline_monitor.adapters.references import References
@@ -52,8 +53,9 @@ async def main(stop: asyncio.Event) -> None:
     if settings.monitor_llm_models:  # MiniLM is loaded only where an LLM is watched
         threads, batch = settings.monitor_embed_threads, settings.monitor_embed_batch
         llm = LlmWatch(LlmStore(pool), watch, lambda: Embedder(threads=threads, batch_size=batch), rt.publisher,
-                       rt.namer, settings)
-        await llm.embedder()  # loaded before the consumers start: the first batch does not wait for it
+                       rt.namer, settings, redactor=Redactor)
+        await llm.embedder()  # loaded before the consumers start: the first batch does not wait for them
+        await llm.redactor()
         rt.subscribe([rt.namer.generations(x) for x in settings.monitor_llm_models], llm.decode_generation,
                      llm.on_generations, group=rt.namer.group("monitor-generations"), max_records=200)
         rt.consumer([rt.namer.feedback(x) for x in settings.monitor_llm_models], llm.decode_feedback,

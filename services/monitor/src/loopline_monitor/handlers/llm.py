@@ -27,6 +27,7 @@ from loopline_core.kafka.codec import proto
 from loopline_core.kafka.delivery import Item
 from loopline_core.kafka.records import DLQ_KIND, DLQ_REASON, DLQ_SOURCE
 from loopline_ml.embeddings import Embedder
+from loopline_ml.pii import Redactor
 
 from loopline_monitor import metrics as m
 from loopline_monitor.adapters.llm_store import LlmStore, NewGeneration, gen_row
@@ -67,11 +68,13 @@ class LlmVersion:
 
 class LlmWatch:
     def __init__(self, store: LlmStore, watch: Watch, embedder: Callable[[], Embedder], publisher: Publisher,
-                 namer: TopicNamer, settings: Settings) -> None:
+                 namer: TopicNamer, settings: Settings, redactor: Callable[[], Redactor] | None = None) -> None:
         self.store = store
         self.watch = watch
         self._embedder_factory = embedder
         self._embedder: Embedder | None = None
+        self._redactor_factory = redactor
+        self._redactor: Redactor | None = None
         self.publisher = publisher
         self.namer = namer
         self.s = settings
@@ -102,6 +105,11 @@ class LlmWatch:
         if self._embedder is None:
             self._embedder = await asyncio.to_thread(self._embedder_factory)
         return self._embedder
+
+    async def redactor(self) -> Redactor | None:
+        if self._redactor is None and self._redactor_factory is not None:
+            self._redactor = await asyncio.to_thread(self._redactor_factory)
+        return self._redactor
 
     # ---- generations ----------------------------------------------------------------------------
 
@@ -227,10 +235,20 @@ class LlmWatch:
 
     async def on_feedback(self, f: Feedback, record: Record) -> None:
         """Consumes ``loopline.feedback.<model>``: keep the rating once (by event id) and join it to its generation
-        by request id (now, or when the generation arrives); per-version feedback quality follows."""
+        by request id (now, or when the generation arrives); per-version feedback quality follows.
+
+        A correction is written by a person and may carry PII the generation's redaction never saw: it is
+        redacted before it is stored (and so before any preference export uses it for training)."""
+        value = record.value
+        redactor = await self.redactor() if f.correction else None
+        if redactor is not None:
+            redacted = await asyncio.to_thread(redactor.redact, f.correction)
+            if redacted != f.correction:
+                f.correction = redacted
+                value = f.SerializeToString()  # the kept copy (replayed to the dead letters) is redacted too
         async with self.lock:
             new, joined = await self.store.add_feedback(f.metadata.event_id, f.request_id, f.model_name, f.kind,
-                                                        f.score, f.correction, f.rater, record.value, record.key,
+                                                        f.score, f.correction, f.rater, value, record.key,
                                                         record.topic)
             if not new or joined is None:
                 m.FEEDBACK.labels(f.model_name, "waiting" if new else "repeat").inc()
