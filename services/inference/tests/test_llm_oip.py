@@ -276,6 +276,8 @@ async def test_metadata_config_and_the_fraud_model_beside(served: Served) -> Non
     assert {t.name: t.datatype for t in meta.outputs}["text_output"] == "BYTES"
     cfg = client.get_model_config(MODEL).config
     assert cfg.model_transaction_policy.decoupled and cfg.backend == "vllm" and cfg.max_batch_size == 0
+    stats = client.get_inference_statistics(MODEL).model_stats
+    assert [(m.name, m.version) for m in stats] == [(MODEL, "1")]
     index = {(m.name, m.state) for m in client.get_model_repository_index().models}
     assert (MODEL, "READY") in index and ("fraud", "READY") in index
 

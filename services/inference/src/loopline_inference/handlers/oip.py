@@ -159,6 +159,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest,  # noqa: N802
                               context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        if (llm := self._llm(request.name)) is not None:
+            # an LLM's figures (tokens, TTFT, per-token latency, cost) are Prometheus metrics, not Triton's
+            v = self._llm_version(llm, request.name, request.version)
+            return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(name=request.name, version=str(v))])
         if request.name:
             arms = [self._arm(request.name, request.version)]
         else:
