@@ -4,10 +4,11 @@ server, same engine settings, same run.
     python -m bench llm [--rounds 3] [--batch 32] [--streams 256] [--tokens 16]
 
 It starts its own local stack, the registry and inference as processes, builds (or reuses) the tiny Llama,
-signs and registers it; inference verifies it and starts its vLLM engine (a child process). The peer is a
-second vLLM OpenAI server on the same model directory with the same ``EngineConfig`` (vLLM's engine called
-directly, as a client of vLLM would). Both are driven by the official ``openai`` async client. Per round, each
-side in turn (taking turns first, so neither always runs on a warmer machine):
+signs and registers it; inference verifies it and starts its vLLM engine (vLLM's OpenAI server, a child
+process). The peer is that same engine called directly at its own address (from inference's log line
+``serving new LLM version``): one engine, one model, one set of settings, so the difference is exactly what
+Loopline adds in front of it. Both are driven by the official ``openai`` async client. Per round, each side in
+turn (taking turns first, so neither always runs on a warmer machine):
 
 1. ``batch``: 32 different prompts sent at once, non-streaming, 16 new tokens each (``ignore_eos``, so every
    answer is exactly 16 tokens), temperature 0; throughput = completion tokens / wall time of the batch;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import statistics
 import sys
@@ -138,7 +140,7 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from loopline_core.kafka import TopicNamer, ensure_topics  # noqa: PLC0415
-    from loopline_llm.engine import EngineConfig, VllmServer  # noqa: PLC0415
+    from loopline_llm.engine import EngineConfig  # noqa: PLC0415
     from loopline_llm.tiny import cached  # noqa: PLC0415
     from loopline_stack.services import ServiceSet  # noqa: PLC0415
     from loopline_stack.stack import Stack, StackConfig  # noqa: PLC0415
@@ -155,7 +157,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     console.print(f"[bold]LLM benchmark[/] (logs in {work / 'logs'})")
     state = stack.up()
     services: ServiceSet | None = None
-    peer = VllmServer(model_dir, MODEL, EngineConfig(), work / "logs" / "vllm-direct.log")
     try:
         suffix = uuid.uuid4().hex[:10]
         prefix = f"b{suffix}"
@@ -170,10 +171,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # inference hears the registration (a model event) and starts its engine on the verified artifact
         asyncio.run(register_tiny(env, services.addr("registry"), model_dir))
         asyncio.run(_wait_served(services.http_url(), args.timeout))
-        asyncio.run(peer.start(args.timeout))
-        figures = asyncio.run(rounds(args, {"loopline": services.http_url(), "vllm": peer.base_url}))
+        figures = asyncio.run(rounds(args, {"loopline": services.http_url(),
+                                            "vllm": engine_url(services.running["inference"].log)}))
     finally:
-        asyncio.run(peer.stop())
         if services is not None:
             services.stop()
         stack.down()
@@ -182,11 +182,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "engine": dataclasses.asdict(EngineConfig()),
                        "model": str(Path(model_dir).name)},
             "machine": machine(load_before),
-            "method": "same model directory and EngineConfig on both sides; loopline = inference's OpenAI API "
-                      "(guardrails, accounting, Generation events) in front of its own vLLM child; vllm = a "
-                      "second vLLM OpenAI server called directly; the official openai async client on both; "
-                      "sides in turns, alternating who goes first; medians over rounds",
+            "method": "one vLLM engine (inference's child, EngineConfig defaults); loopline = inference's OpenAI "
+                      "API (validation, guardrails, accounting, Generation events) in front of it; vllm = the "
+                      "same engine's own OpenAI server called directly; the official openai async client on "
+                      "both; sides in turns, alternating who goes first; medians over rounds",
             "summary": summarise(figures), "rounds": figures}
+
+
+def engine_url(log: Path) -> str:
+    """The address of the engine inference serves the model with (its log says it once the engine answers)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if '"engine_url"' in line:
+            return str(json.loads(line)["engine_url"])
+    raise RuntimeError(f"inference did not log its engine's address; see {log}")
 
 
 async def _wait_served(url: str, timeout_s: float) -> None:
