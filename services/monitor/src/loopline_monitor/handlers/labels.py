@@ -9,15 +9,14 @@ topic with the reason, its original bytes unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from loopline_core.kafka import Publisher, Record, TopicNamer
-from loopline_core.kafka.records import DLQ_KIND, DLQ_REASON, DLQ_SOURCE
 from loopline_core.labels import Label, decode_label
 
 from loopline_monitor import metrics as m
 from loopline_monitor.adapters.store import MonitorStore
+from loopline_monitor.handlers import sweeping
 from loopline_monitor.handlers.watch import Watch
 from loopline_monitor.settings import Settings
 
@@ -47,25 +46,14 @@ class LabelHandler:
 
     async def sweep(self, stop: asyncio.Event) -> None:
         """Dead-letter labels that waited longer than the TTL for their prediction, every sweep interval."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.s.monitor_label_sweep_s)
-            if stop.is_set():
-                return
-            try:
-                await self.sweep_once()
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again; the consumers report a dead Postgres
-                log.warning("label sweep failed", extra={"error": repr(exc)[:300]})
+        await sweeping.every(stop, self.s.monitor_label_sweep_s, self.sweep_once, "label")
 
     async def sweep_once(self) -> int:
-        expired = await self.store.expired_labels(self.s.monitor_label_ttl_s)
+        ttl = self.s.monitor_label_ttl_s
+        expired = await self.store.expired_labels(ttl)
+        await sweeping.dead_letter(self.publisher, self.namer, expired, "unmatched_label", lambda r: (
+            f"no prediction with request id {r['event_id']} arrived within {ttl:g}s of its label"))
         for r in expired:
-            reason = (f"no prediction with request id {r['event_id']} arrived within "
-                      f"{self.s.monitor_label_ttl_s:g}s of its label")
-            await self.publisher.publish(self.namer.dead_letter_for(r["topic"]), bytes(r["raw"]), key=r["key"],
-                                         headers=[(DLQ_REASON, reason), (DLQ_KIND, "unmatched_label"),
-                                                  (DLQ_SOURCE, f"monitor:{r['topic']}")],
-                                         content_type="application/octet-stream")
             m.LABELS_DEAD.labels(r["topic"].rsplit(".", 1)[-1]).inc()
         if expired:  # marked after the dead letters were acknowledged: a crash repeats, never loses
             await self.store.mark_dead([r["event_id"] for r in expired])

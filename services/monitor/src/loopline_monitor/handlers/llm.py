@@ -11,7 +11,6 @@ per model, evaluated on every batch with a 1-of-1 policy (a spend is a fact, not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +24,6 @@ from loopline_core.events import derived_id, metadata
 from loopline_core.kafka import Publisher, Record, TopicNamer
 from loopline_core.kafka.codec import proto
 from loopline_core.kafka.delivery import Item
-from loopline_core.kafka.records import DLQ_KIND, DLQ_REASON, DLQ_SOURCE
 from loopline_ml.embeddings import Embedder
 from loopline_ml.pii import Redactor
 
@@ -42,6 +40,7 @@ from loopline_monitor.domain.llm import (
     evaluate_text_window,
 )
 from loopline_monitor.domain.windows import Spec
+from loopline_monitor.handlers import sweeping
 from loopline_monitor.handlers.watch import Watch, Watched
 from loopline_monitor.settings import Settings
 
@@ -262,25 +261,14 @@ class LlmWatch:
 
     async def sweep(self, stop: asyncio.Event) -> None:
         """Dead-letter feedback that waited longer than the TTL for its generation, every sweep interval."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.s.monitor_label_sweep_s)
-            if stop.is_set():
-                return
-            try:
-                await self.sweep_once()
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again; the consumers report a dead Postgres
-                log.warning("feedback sweep failed", extra={"error": repr(exc)[:300]})
+        await sweeping.every(stop, self.s.monitor_label_sweep_s, self.sweep_once, "feedback")
 
     async def sweep_once(self) -> int:
-        expired = await self.store.expired_feedback(self.s.monitor_feedback_ttl_s)
+        ttl = self.s.monitor_feedback_ttl_s
+        expired = await self.store.expired_feedback(ttl)
+        await sweeping.dead_letter(self.publisher, self.namer, expired, "unmatched_feedback", lambda r: (
+            f"no generation with request id {r['request_id']} arrived within {ttl:g}s of its feedback"))
         for r in expired:
-            reason = (f"no generation with request id {r['request_id']} arrived within "
-                      f"{self.s.monitor_feedback_ttl_s:g}s of its feedback")
-            await self.publisher.publish(self.namer.dead_letter_for(r["topic"]), bytes(r["raw"]), key=r["key"],
-                                         headers=[(DLQ_REASON, reason), (DLQ_KIND, "unmatched_feedback"),
-                                                  (DLQ_SOURCE, f"monitor:{r['topic']}")],
-                                         content_type="application/octet-stream")
             m.FEEDBACK.labels(r["topic"].rsplit(".", 1)[-1], "dead_lettered").inc()
         if expired:  # marked after the dead letters were acknowledged: a crash repeats, never loses
             await self.store.mark_dead([r["event_id"] for r in expired])
