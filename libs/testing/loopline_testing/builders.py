@@ -70,10 +70,13 @@ async def _partitions(bootstrap: str, topics: Iterable[str]) -> list[TopicPartit
     try:
         out = []
         for t in topics:
-            await c.topics()  # loads the metadata partitions_for_topic reads
+            # topics() fetches the metadata but does not keep it, and a consumer with no subscription refreshes
+            # its own view only every few minutes: a topic created after its start (a dead-letter topic made by
+            # the first dead letter) would stay unknown. force_metadata_update() refreshes the kept view.
+            await c._client.force_metadata_update()
             while not (parts := c.partitions_for_topic(t)):
                 await asyncio.sleep(0.2)
-                await c.topics()
+                await c._client.force_metadata_update()
             out += [TopicPartition(t, p) for p in sorted(parts)]
         return out
     finally:
