@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import httpx
 import numpy as np
@@ -26,13 +25,14 @@ import tritonclient.grpc as tg
 from loopline.llm.v1.events_pb2 import Generation
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_core.errors import ErrorKind, LooplineError
-from loopline_core.kafka import TopicNamer, ensure_topics
+from loopline_core.kafka import TopicNamer
 from loopline_inference.handlers import oip_generate
 from loopline_inference.handlers.generate import Piece
 from loopline_stack import StackState
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, read_fenced, register_signed_model, set_alias
 from loopline_testing.llm import register_tiny, tiny_llm  # noqa: F401 - a fixture
+from loopline_testing.plugin import isolate
 from tritonclient.grpc import _utils as tg_utils
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
@@ -55,25 +55,11 @@ class Served:
         return self.svc.addr("inference")
 
 
-async def _isolated(stack: StackState) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:10]
-    dsn = stack.env["LOOPLINE_POSTGRES_DSN"]
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f"create database t_{suffix}")
-    finally:
-        await conn.close()
-    prefix = f"t{suffix}"
-    await ensure_topics(stack.env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(prefix).platform_topics())
-    return {**stack.env, "LOOPLINE_POSTGRES_DSN": dsn.rsplit("/", 1)[0] + f"/t_{suffix}",
-            "LOOPLINE_TOPIC_PREFIX": prefix}
-
-
 @pytest.fixture(scope="module")
 async def served(stack: StackState, tiny_llm: Path, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
                  ) -> AsyncIterator[Served]:
     """Registry and inference for this module, the fraud champion and the tiny Llama's champion served."""
-    env = await _isolated(stack)
+    env = await isolate(stack.env)
     svc = ServiceSet(env, tmp_path_factory.mktemp("llm-oip") / "logs", {"inference": {
         "LOOPLINE_INFERENCE_LLM_MODELS": json.dumps([MODEL]), "LOOPLINE_INFERENCE_RECONCILE_S": "2"}})
     await asyncio.to_thread(svc.start, names=("registry", "inference"))
