@@ -67,7 +67,7 @@ async def start_runtime(name: str, settings: CoreSettings) -> Runtime:
                          handler_timeout_s=settings.retry_handler_timeout_s)
     bus = Bus(settings.kafka_bootstrap, f"loopline-{name}", namer.dead_letter_for, policy, service=name)
     rt = Runtime(name, settings, namer, bus)
-    rt.metrics_port = start_metrics_server(settings.metrics_port, ready=rt.ready)
+    rt.metrics_port = start_metrics_server(settings.metrics_port, settings.bind_host, ready=rt.ready)
     log.info("starting", extra={"config": settings.masked(), "metrics_port": rt.metrics_port})
     await bus.connect()
     return rt

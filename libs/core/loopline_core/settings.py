@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CONTRACTS = Path(__file__).resolve().parents[3] / "contracts"
 """The repository's contracts, whatever the working directory of the process."""
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S], service: str) -> S:
+    """``cls()`` from the environment; a missing or malformed setting exits with one line naming the
+    variable (``loopline-registry: LOOPLINE_KAFKA_BOOTSTRAP is required``), not a traceback."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        problems = []
+        for err in exc.errors():
+            name = (prefix + "__".join(str(p) for p in err["loc"][:1])).upper()
+            problems.append(f"{name} is required" if err["type"] == "missing" else f"{name}: {err['msg']}")
+        raise SystemExit(f"loopline-{service}: " + "; ".join(problems)) from None
 
 
 class CoreSettings(BaseSettings):
@@ -31,10 +48,15 @@ class CoreSettings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["json", "text", "auto"] = "auto"
-    metrics_port: int = 0
-    """Prometheus endpoint port; 0 picks a free one (logged at start)."""
+    bind_host: str = "0.0.0.0"  # noqa: S104 - a container's listeners must be reachable from outside it
+    """Where every listener of the service binds (gRPC, HTTP, metrics). The local stack sets 127.0.0.1."""
+    metrics_port: int = 9464
+    """``/metrics``, ``/healthz`` and ``/readyz``; 0 picks a free one (logged at start)."""
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_endpoint: str = ""
+    """The OTLP/gRPC collector, e.g. ``http://otel-collector:4317`` (empty: the SDK's default)."""
+    otel_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of new traces recorded; a record or call arriving with a trace keeps its caller's decision."""
     topic_prefix: str = "loopline"
     """Every topic name starts with this; tests use a unique one per test."""
     datasets: list[str] = ["transactions"]

@@ -153,6 +153,10 @@ class Stack:
             else:
                 self._up_memory(state, binaries)
             self._signing_keys(state)
+            # a developer's machine: listeners on loopback, free ports (several service sets side by side)
+            state.env.update({"LOOPLINE_BIND_HOST": "127.0.0.1", "LOOPLINE_METRICS_PORT": "0",
+                              "LOOPLINE_REGISTRY_PORT": "0", "LOOPLINE_FEATURE_PORT": "0",
+                              "LOOPLINE_INFERENCE_PORT": "0", "LOOPLINE_INFERENCE_HTTP_PORT": "0"})
             state.save()
             self._say(f"stack ready in {time.monotonic() - started:.1f}s")
         except BaseException:

@@ -12,6 +12,7 @@ from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
 from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 
 from loopline_feature.adapters import catalog
 from loopline_feature.adapters.store import MIGRATIONS, SCHEMA, FeatureStore
@@ -21,7 +22,7 @@ from loopline_feature.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "feature")
     views = catalog.load(settings.feature_views_dir)  # a broken view file stops the start, with its reason
     rt = await start_runtime("feature", settings)
     # The store keeps no session state (transaction-scoped locks only): no reset round trip per read.
@@ -36,7 +37,8 @@ async def main(stop: asyncio.Event) -> None:
                  group=rt.namer.group("feature-labels"))
     servicer = FeatureServicer(store, objects, views, settings.feature_max_entities)
     server, port = await start_server([lambda s: feature_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, s)],
-                                      settings.feature_port, ["loopline.feature.v1.FeatureService"])
+                                      settings.feature_port, ["loopline.feature.v1.FeatureService"],
+                                      host=settings.bind_host)
     logging.getLogger(__name__).info("serving", extra={"grpc_port": port, "views": sorted(views.by_ref)})
     rt.closers += [lambda: server.stop(5), pool.close]
     await serve_until(rt, stop)

@@ -24,6 +24,7 @@ from loopline_core.kafka import Record
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
 from loopline_core.service import Runtime, serve_until, start_runtime
+from loopline_core.settings import load
 from loopline_core.signing import TrustStore
 from loopline_llm.engine import EngineConfig
 from loopline_ml.artifact import ScoringModel
@@ -49,7 +50,7 @@ from loopline_inference.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "inference")
     rt = await start_runtime("inference", settings)
     torch.set_num_threads(settings.inference_torch_threads)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
@@ -97,8 +98,10 @@ async def main(stop: asyncio.Event) -> None:
                 group=f"{rt.namer.group('inference')}.{uuid.uuid4().hex[:8]}", auto_offset_reset="latest")
     server, port = await start_server(
         [lambda s: service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, s)],
-        settings.inference_port, [SERVICE], health_servicer=health_servicer, serving=False, reflect=[SERVICE])
-    http, http_port = (await _serve_http(openai_api.app(generator), settings.inference_http_host,
+        settings.inference_port, [SERVICE], health_servicer=health_servicer, serving=False, reflect=[SERVICE],
+        host=settings.bind_host)
+    http, http_port = (await _serve_http(openai_api.app(generator),
+                                         settings.inference_http_host or settings.bind_host,
                                          settings.inference_http_port) if generator else (None, None))
     logging.getLogger(__name__).info("serving", extra={"grpc_port": port, "http_port": http_port})
 

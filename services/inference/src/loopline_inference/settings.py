@@ -9,7 +9,8 @@ from loopline_inference.domain.guardrails import GuardrailConfig
 class Settings(CoreSettings):
     """Inference settings (``LOOPLINE_*``)."""
 
-    inference_port: int = 0
+    inference_port: int = 8001
+    """OIP gRPC port (Triton's default; 0 picks a free one)."""
     inference_models: list[str] = ["fraud"]
     """Model names served; each serves its ``champion`` alias."""
     trusted_keys_dir: str
@@ -69,9 +70,10 @@ class Settings(CoreSettings):
     covers them, at the cost of that much text's delay in every stream."""
     inference_guardrails: GuardrailConfig = Field(default_factory=lambda: GuardrailConfig.model_validate({}))
     """Guardrail stages and their actions on the LLM path (JSON)."""
-    inference_http_port: int = 0
+    inference_http_port: int = 8000
     """The OpenAI-compatible HTTP API's port (0: a free one, logged as ``http_port``); served when
     ``inference_llm_models`` is not empty."""
-    inference_http_host: str = "127.0.0.1"
+    inference_http_host: str = ""
+    """Empty: ``bind_host``."""
     generation_log_capacity: int = 10_000
     """Generation events that may wait for the broker; beyond, they are dropped and counted."""

@@ -9,6 +9,7 @@ from loopline_core.contracts import Contracts
 from loopline_core.db import create_pool, migrate
 from loopline_core.objstore import ObjectStore
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 
 from loopline_ingest.adapters.archive import ArchiveWriter
 from loopline_ingest.adapters.dedupe import MIGRATIONS, SCHEMA, SeenEvents
@@ -18,7 +19,7 @@ from loopline_ingest.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "ingest")
     rt = await start_runtime("ingest", settings)
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)

@@ -12,6 +12,7 @@ from loopline_core.objstore import ObjectStore
 from loopline_core.outbox import Relay
 from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 from loopline_core.signing import TrustStore
 from loopline_ml.embeddings import Embedder
 from loopline_ml.pii import Redactor
@@ -28,7 +29,7 @@ from loopline_monitor.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "monitor")
     rt = await start_runtime("monitor", settings)
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)

@@ -11,6 +11,7 @@ from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
 from loopline_core.outbox import Relay
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 
 from loopline_registry.adapters.aliases import AliasStore
 from loopline_registry.adapters.prompts import PromptStore
@@ -21,7 +22,7 @@ from loopline_registry.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "registry")
     rt = await start_runtime("registry", settings)
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)
@@ -31,7 +32,7 @@ async def main(stop: asyncio.Event) -> None:
                                 PromptStore(pool), relay, settings.outbox_flush_s)
     server, port = await start_server(
         [lambda s: registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, s)], settings.registry_port,
-        ["loopline.registry.v1.RegistryService"])
+        ["loopline.registry.v1.RegistryService"], host=settings.bind_host)
     logging.getLogger(__name__).info("serving", extra={"grpc_port": port})
     # run in reverse: finish the calls in flight, publish the events they wrote, then close the pool
     rt.closers += [pool.close, relay.stop, lambda: server.stop(5)]

@@ -10,6 +10,7 @@ from loopline_core.db import create_pool, migrate
 from loopline_core.outbox import Relay
 from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 
 from loopline_retrainer.adapters.rollouts import RolloutStore
 from loopline_retrainer.adapters.store import MIGRATIONS, SCHEMA, RetrainerStore
@@ -20,7 +21,7 @@ from loopline_retrainer.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "retrainer")
     rt = await start_runtime("retrainer", settings)
     pool = await create_pool(settings.postgres_dsn.get_secret_value(), SCHEMA)
     await migrate(pool, SCHEMA, MIGRATIONS)

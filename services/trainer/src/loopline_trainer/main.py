@@ -9,6 +9,7 @@ from loopline_core import runtime
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 from loopline_core.signing import SigningKey, TrustStore
 
 from loopline_trainer.adapters.clients import FeatureClient
@@ -17,7 +18,7 @@ from loopline_trainer.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "trainer")
     rt = await start_runtime("trainer", settings)
     private = Path(settings.signing_key)
     key = SigningKey(private, private.with_suffix(".pub"))

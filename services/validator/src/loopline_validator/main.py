@@ -7,13 +7,14 @@ import asyncio
 from loopline_core import runtime
 from loopline_core.contracts import Contracts
 from loopline_core.service import serve_until, start_runtime
+from loopline_core.settings import load
 
 from loopline_validator.handlers.ingested import IngestedHandler
 from loopline_validator.settings import Settings
 
 
 async def main(stop: asyncio.Event) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = load(Settings, "validator")
     rt = await start_runtime("validator", settings)
     contracts = Contracts.load(settings.contracts_dir)
     for dataset in settings.datasets:
