@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -109,10 +110,28 @@ SERVICES = ("ingest", "validator", "feature", "trainer", "registry", "inference"
 
 
 @app.command("run")
-def run_service(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]) -> None:
+def run_service(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")],
+                replicas: Annotated[int, typer.Option(
+                    "--replicas", help="run N processes of the service sharing its consumer group's partitions; "
+                    "metrics ports LOOPLINE_METRICS_PORT+i (free ones when 0), LOOPLINE_REPLICA=i in each; "
+                    "SIGTERM drains them all; one dying stops the rest and exits 1 (no restarts). Not for the "
+                    "gRPC services (registry, feature, inference)")] = 1,
+                stop_timeout: Annotated[float, typer.Option(
+                    "--stop-timeout", help="with --replicas: seconds a replica may take to drain before it "
+                    "is killed")] = 60.0) -> None:
     """Run one service in the foreground (configured by LOOPLINE_* variables; SIGTERM drains it)."""
     if service not in SERVICES:
         _fail(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+    from loopline_cli import replicas as rep  # noqa: PLC0415
+
+    try:
+        envs = rep.plan(service, replicas, os.environ)
+    except rep.ReplicaError as exc:
+        _fail(str(exc))
+        return
+    if replicas > 1:
+        raise typer.Exit(rep.Supervisor(service, envs, stop_timeout_s=stop_timeout, say=lambda m: console.print(
+            m, markup=False, highlight=False, soft_wrap=True)).run())
     import importlib  # noqa: PLC0415
 
     importlib.import_module(f"loopline_{service}.main").run()
