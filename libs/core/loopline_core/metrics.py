@@ -11,10 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 BUS_CONSUMED = Counter("loopline_bus_consumed_total", "Records handled", ["topic", "outcome"])
-BUS_DEAD_LETTERED = Counter("loopline_bus_dead_lettered_total", "Records sent to a dead-letter topic", ["topic"])
+BUS_DEAD_LETTERED = Counter("loopline_bus_dead_lettered_total",
+                            "Records sent to a dead-letter topic, by reason: the dead letter's kind (an error "
+                            "kind such as INVALID_ARGUMENT or FAILED_PRECONDITION, or exhausted)", ["topic", "reason"])
 BUS_EXHAUSTED = Counter("loopline_bus_exhausted_total",
                         "Records dead-lettered because transient failures outlasted the retry budget", ["topic"])
 BUS_BATCH_SECONDS = Histogram("loopline_bus_batch_seconds", "Time to handle one consumed batch", ["topic"])
+BUS_LAG = Gauge("loopline_bus_lag", "Records of a partition not yet consumed: its high watermark minus the "
+                "consumer's position, per consumer group, topic and assigned partition",
+                ["group", "topic", "partition"])
+BUS_ASSIGNED = Gauge("loopline_bus_assigned", "1 once a subscription's consumer has joined its group and received "
+                     "an assignment (possibly empty: a standby replica), 0 while it joins or rejoins",
+                     ["subscription"])
 READY = Gauge("loopline_ready", "1 while the service is ready (its dependencies answer), else 0")
 
 
@@ -34,6 +42,7 @@ def start_metrics_server(port: int = 0, host: str = "127.0.0.1",
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
+                READY.set(1 if ready() else 0)  # current at every scrape, not only when a probe asked
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 self._send(200, b"ok\n")

@@ -16,6 +16,9 @@ its handler, so the at-least-once rules are stated once, here:
   the batch are committed, once per batch, per partition.
 * On revocation the listener waits for the batch in hand, which commits what it finished; records
   of partitions this member no longer owns are dropped, never handled or committed.
+* The subscription is ready only once its consumer has joined its group and received an assignment
+  (possibly empty: a replica beyond the partition count is a ready standby), and not again until the
+  next assignment after a revocation; and not while transient failures keep coming.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from loopline_core.kafka.records import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_REASONS = frozenset({*(k.value for k in ErrorKind), EXHAUSTED})
+"""The dead-letter kinds, the bounded set the ``reason`` label of the dead-letter counter takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,9 @@ class Delivery(Generic[T]):
         self.listener = _Listener(self)
         self.failures = 0
         """Consecutive transient failures; the service is not ready while this is high."""
+        self.assigned = False
+        """The consumer has joined its group and received an assignment since the last revocation."""
+        metrics.BUS_ASSIGNED.labels(name).set(0)
         self._busy = asyncio.Lock()
         self._draining = False
         self._revoked: set[TopicPartition] = set()
@@ -157,8 +165,32 @@ class Delivery(Generic[T]):
         return self.subscriber.consumer
 
     @property
+    def group(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    @property
     def ready(self) -> bool:
-        return self.failures < self.policy.not_ready_after
+        return self.assigned and self.failures < self.policy.not_ready_after
+
+    async def lag(self, timeout_s: float = 2.0) -> dict[TopicPartition, int]:
+        """Per assigned partition, the records not yet consumed: the high watermark the last fetch
+        reported minus the consumer's position (partitions not fetched yet are left out)."""
+        out: dict[TopicPartition, int] = {}
+        if self.subscriber is None or not self.assigned:
+            return out
+        try:
+            consumer = self.consumer
+            owned = sorted(self._owned(), key=lambda t: (t.topic, t.partition))
+            for tp in owned:
+                high = consumer.highwater(tp)
+                if high is None:
+                    continue
+                async with asyncio.timeout(timeout_s):
+                    position = await consumer.position(tp)
+                out[tp] = max(int(high) - int(position), 0)
+        except (IllegalStateError, AssertionError, AttributeError, KafkaError, TimeoutError):
+            return out  # a rebalance or an outage in progress: report what was measured
+        return out
 
     async def drain(self) -> None:
         """Finish the batch in hand (it commits) and take no more."""
@@ -329,7 +361,7 @@ class Delivery(Generic[T]):
                     raise
                 await asyncio.sleep(delay)
         for d in dead:
-            metrics.BUS_DEAD_LETTERED.labels(d.record.topic).inc()
+            metrics.BUS_DEAD_LETTERED.labels(d.record.topic, d.kind if d.kind in _REASONS else "other").inc()
             metrics.BUS_CONSUMED.labels(d.record.topic, "dead_lettered").inc()
             log.info("dead-lettered", extra={"source": d.record.source, "reason": d.reason[:200], "kind": d.kind})
 
@@ -379,10 +411,16 @@ class Delivery(Generic[T]):
                         extra={"subscription": self.name})
         self._revoked |= revoked
         self._forget(revoked)
+        self._set_assigned(False)
 
     def assign(self, assigned: set[TopicPartition]) -> None:
         self._revoked -= assigned
         self._forget(assigned)
+        self._set_assigned(True)
+
+    def _set_assigned(self, value: bool) -> None:
+        self.assigned = value
+        metrics.BUS_ASSIGNED.labels(self.name).set(1 if value else 0)
 
     def _forget(self, tps: set[TopicPartition]) -> None:
         for tp in tps:

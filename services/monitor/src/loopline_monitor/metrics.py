@@ -10,6 +10,9 @@ COLUMN_SCORE = Gauge("loopline_monitor_column_drift_score", "Last drift statisti
                      "ks/chisquare/z, a distance otherwise)", ["model", "column", "stattest"])
 PERFORMANCE = Gauge("loopline_monitor_performance", "Performance over the newest labelled predictions",
                     ["model", "version", "variant", "metric"])
+SERVED = Counter("loopline_monitor_served_predictions_total", "Predictions taken in per version, role (champion, "
+                 "challenger, shadow) and variant: which version serves each model over time",
+                 ["model", "version", "role", "variant"])
 LABELS_JOINED = Counter("loopline_monitor_labels_joined_total", "Labels joined to predictions", ["model"])
 LABELS_DEAD = Counter("loopline_monitor_labels_dead_lettered_total", "Labels whose prediction never came",
                       ["dataset"])

@@ -73,6 +73,7 @@ class PredictionHandler:
             m.PREDICTIONS.labels(items[0].value.model_name, "repeat").inc(len(rows) - len(added))
             by_version: dict[tuple[str, int], list[Row]] = {}
             for new_row, seq in added:
+                m.SERVED.labels(new_row.model, str(new_row.version), new_row.role, new_row.variant).inc()
                 by_version.setdefault((new_row.model, new_row.version), []).append(
                     Row(seq, new_row.at, tuple(new_row.inputs), new_row.score, new_row.latency_ms, new_row.failed,
                         new_row.out_of_range))
