@@ -14,7 +14,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Loopline needs Python 3.11)"; exit 1; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP) tools/buf ## install everything into .venv (runs only when missing or stale)
