@@ -6,25 +6,38 @@ from collections.abc import Iterable, Sequence
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 KafkaHeaders = list[tuple[str, bytes]]
 
 
-def configure_tracing(service: str, exporter: str = "none", endpoint: str = "") -> TracerProvider:
+MAX_LINKS = 1024
+"""A consumer's batch span links every distinct producer context of its batch (up to ``max_records``);
+the SDK's default of 128 would drop most of a 500-record batch's."""
+
+
+def configure_tracing(service: str, exporter: str = "none", endpoint: str = "",
+                      sample_ratio: float = 1.0) -> TracerProvider:
     """Install a tracer provider for ``service``; spans are recorded even with no exporter,
-    so trace ids still reach logs and Kafka headers."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    so trace ids still reach logs and Kafka headers.
+
+    New traces are sampled at ``sample_ratio``; a record or call that arrives with a trace keeps its
+    caller's decision (parent-based), so one trace is whole or absent, never half."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service}),
+                              sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+                              span_limits=SpanLimits(max_links=MAX_LINKS))
     span_exporter: SpanExporter | None = None
     if exporter == "console":
         span_exporter = ConsoleSpanExporter()
-    elif exporter == "otlp":  # pragma: no cover - needs a collector
+    elif exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,
         )
 
-        span_exporter = OTLPSpanExporter(endpoint=endpoint or None)
+        # an http:// collector (the compose file's, a test's) is plaintext; https:// uses TLS
+        span_exporter = OTLPSpanExporter(endpoint=endpoint or None, insecure=endpoint.startswith("http://"))
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
@@ -48,6 +61,15 @@ def extract_headers(headers: Iterable[tuple[str, bytes]] | None) -> context.Cont
     """The trace context a producer put in a record's headers (an empty one if none)."""
     carrier = {k: v.decode("latin-1") for k, v in (headers or [])}
     return propagate.extract(carrier)
+
+
+def current_traceparent() -> str:
+    """The W3C ``traceparent`` of the current span ("" outside one): what a record produced later, off
+    the caller's task (a batched log), carries to continue the caller's trace."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 
 def inject_metadata(metadata: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ partitions, and drained on SIGTERM (every answered request's rows reach the topi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -60,10 +61,10 @@ class _Stuck:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def publish_batch(self, topic: str, records: Any, **kw: Any) -> None:
+    async def publish_traced(self, topic: str, records: Any, **kw: Any) -> None:
         self.entered.set()
         await self.release.wait()
-        await self.real.publish_batch(topic, records, **kw)
+        await self.real.publish_traced(topic, records, **kw)
 
 
 async def test_block_waits_for_room_and_counts_what_found_none_in_time(
@@ -151,3 +152,20 @@ async def test_rows_spread_over_partitions_and_sigterm_publishes_every_answered_
     assert sorted(p.request_id for p in logged) == sorted(answered), "every answered request logged, once"
     assert {r.key for r in records} == {p.request_id.encode() for p in logged}, "keyed by request"
     assert len({r.partition for r in records}) == 3, "spread over every partition"
+
+
+async def test_each_record_carries_its_own_calls_trace_context(
+        publisher: Publisher, namer: TopicNamer, model: str, bootstrap: str) -> None:
+    # rows of three calls sent in one batch: each record continues its own call's trace, or none
+    parents = ["00-" + f"{n:032x}" + "-" + f"{n:016x}" + "-01" for n in (11, 12)]
+    rows = [dataclasses.replace(r, traceparent=parents[i]) if i < 2 else r for i, r in enumerate(_rows(model, 3))]
+    plog = PredictionLog(publisher, namer, batch_size=10)
+    plog.start()
+    await plog.record(rows)
+    await plog.close()
+    got = {PredictionLogged.FromString(r.value).metadata.event_id: dict(r.headers)
+           for r in await read_fenced(bootstrap, namer.predictions(model))}
+    assert got["r0"]["traceparent"] == parents[0].encode()
+    assert got["r1"]["traceparent"] == parents[1].encode()
+    assert "traceparent" not in got["r2"]
+    assert all(h["x-loopline-type"] == b"loopline.inference.v1.PredictionLogged" for h in got.values())

@@ -38,6 +38,10 @@ async def _parse(message: tuple[Any, ...]) -> KafkaMessage:
     for m in message:
         headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers or ())
                    if k in _TRACE_HEADERS}
+        if "traceparent" in headers and "correlation_id" not in headers:
+            # FastStream links one context per correlation id; an outside producer (or a record of a
+            # batched log) sets none, and each distinct context must still get its link
+            headers["correlation_id"] = headers["traceparent"]
         distinct.setdefault((headers.get("traceparent", ""), headers.get("baggage", "")), headers)
     batch_headers = list(distinct.values())
     first, last = message[0], message[-1]

@@ -114,6 +114,33 @@ class Publisher:
         await asyncio.gather(*futures)
 
 
+    async def publish_traced(self, topic: str, records: Sequence[tuple[str | bytes | None, bytes, str]], *,
+                             content_type: str = "application/x-protobuf", message_type: str | None = None) -> None:
+        """Like :meth:`publish_batch`, for ``(key, value, traceparent)`` records that each continue a trace
+        of their own (rows served by many calls, sent by one background task): each record carries its
+        own ``traceparent`` header, which FastStream's batch publish (one set of headers per batch)
+        cannot do, so these go through aiokafka's batch builder under it."""
+        if not records:
+            return
+        producer = self._aiokafka()
+        partitions = sorted(await producer.partitions_for(topic))
+        by_partition: dict[int, list[tuple[bytes | None, bytes, str]]] = defaultdict(list)
+        for key, value, parent in records:
+            k = _key(key)
+            by_partition[_partition(k, partitions)].append((k, value, parent))
+        common = [(k, v.encode()) for k, v in _headers((), content_type, message_type).items()]
+        futures: list[asyncio.Future[Any]] = []
+        for partition, items in by_partition.items():
+            batch = producer.create_batch()
+            for k, v, parent in items:
+                headers = [*common, ("traceparent", parent.encode())] if parent else common
+                if batch.append(timestamp=None, key=k, value=v, headers=headers) is None:  # full: send, go on
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(timestamp=None, key=k, value=v, headers=headers)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
     def _aiokafka(self) -> Any:
         """aiokafka's producer under FastStream's, for its partitioner (FastStream has no public handle)."""
         return self.broker.config.producer._producer.producer  # type: ignore[attr-defined]

@@ -62,6 +62,8 @@ class Row:
     variant: str = "torch"
     shadow: bool = False
     error: str = ""
+    traceparent: str = ""
+    """The serving call's trace context: the row's record continues that trace (the monitor links it)."""
 
     def message(self) -> PredictionLogged:
         return PredictionLogged(metadata=metadata("inference", self.event_id, occurred_at=self.served_at),
@@ -82,8 +84,8 @@ _STOP = object()
 class Publishes(Protocol):
     """What the log needs of :class:`loopline_core.kafka.Publisher`."""
 
-    async def publish_batch(self, topic: str, records: Sequence[tuple[str | bytes | None, bytes]], *,
-                            message_type: str | None = ...) -> None: ...
+    async def publish_traced(self, topic: str, records: Sequence[tuple[str | bytes | None, bytes, str]], *,
+                             message_type: str | None = ...) -> None: ...
 
 
 class PredictionLog:
@@ -203,10 +205,10 @@ class PredictionLog:
             await self._send_topic(topic, rows)
 
     async def _send_topic(self, topic: str, rows: list[Row]) -> None:
-        records = [(row.key, row.message().SerializeToString()) for row in rows]
+        records = [(row.key, row.message().SerializeToString(), row.traceparent) for row in rows]
         for attempt in range(self.retries + 1):
             try:
-                await self.publisher.publish_batch(topic, records, message_type=MESSAGE_TYPE)
+                await self.publisher.publish_traced(topic, records, message_type=MESSAGE_TYPE)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the broker's failure: retried, then counted

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from loopline_core.errors import ErrorKind, LooplineError, invalid
+from loopline_core.telemetry import current_traceparent
 from prometheus_client import Counter, Histogram
 from tritonclient.grpc import service_pb2 as pb
 
@@ -219,10 +220,11 @@ class Scorer:
         now = time.time()
         suffix = ("#shadow" if shadow else "") + (f"#error-v{arm.version}" if error else "")
         empty = np.zeros(0, dtype=np.float32)
+        parent = current_traceparent()  # a shadow copy's task inherited the call's context
         return [Row(arm.name, arm.version, request_id,
                     (f"{request_id}/{i}" if len(x) > 1 else request_id) + suffix, names, x[i],
                     scores[i:i + 1] if scores is not None else empty, latency_ms,
-                    entities[i] if i < len(entities) else "", now, arm.role, variant, shadow, error)
+                    entities[i] if i < len(entities) else "", now, arm.role, variant, shadow, error, parent)
                 for i in range(len(x))]
 
     async def _log_async(self, arm: Arm, variant: str, request_id: str, x: np.ndarray, scores: np.ndarray | None,
