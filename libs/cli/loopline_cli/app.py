@@ -18,6 +18,7 @@ from rich.table import Table
 from loopline_cli.contracts import contracts_app
 from loopline_cli.dlq import dlq_app
 from loopline_cli.docs import docs_app
+from loopline_cli.init import init_command
 from loopline_cli.keys import keys_app
 from loopline_cli.llm import llm_app
 from loopline_cli.models import model_app
@@ -38,6 +39,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(llm_app, name="llm")
 app.add_typer(retrain_app, name="retrain")
 app.command("replay")(replay_command)
+app.command("init")(init_command)
 console = Console(stderr=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", help="Where the stack keeps its data and pids "
