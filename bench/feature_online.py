@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from loopline_core import grpcx
+from loopline_core.auth import client_env
 from rich.console import Console
 from rich.table import Table
 
@@ -235,7 +237,6 @@ def request(entities: Sequence[str], as_of: float, features: Sequence[str]) -> A
 async def load_loopline(bootstrap: str, topic: str, addr: str, args: argparse.Namespace, as_of: float,
                         alive: Callable[[], None]) -> Loaded:
     """Publish the events and wait until GetOnlineFeatures counts each customer's events."""
-    import grpc  # noqa: PLC0415
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
     from loopline.feature.v1 import feature_pb2_grpc  # noqa: PLC0415
 
@@ -251,7 +252,7 @@ async def load_loopline(bootstrap: str, topic: str, addr: str, args: argparse.Na
     finally:
         await producer.stop()
     entities = sorted(counts)
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with grpcx.channel(addr) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         deadline = time.monotonic() + args.timeout
         last = -1
@@ -283,12 +284,11 @@ async def load_loopline(bootstrap: str, topic: str, addr: str, args: argparse.Na
 
 async def loopline_rows(addr: str, loaded: Loaded) -> tuple[list[str], list[dict[str, Any]]]:
     """Every customer's vector as Loopline serves it at ``as_of``: (feature names, rows)."""
-    import grpc  # noqa: PLC0415
     from loopline.feature.v1 import feature_pb2_grpc  # noqa: PLC0415
 
     names: list[str] = []
     rows = []
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with grpcx.channel(addr) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         for i in range(0, len(loaded.entities), 1000):
             resp = await stub.GetOnlineFeatures(request(loaded.entities[i:i + 1000], loaded.as_of, FEATURES))
@@ -402,10 +402,9 @@ def batches_for(entities: Sequence[str], batch: int, worker: int, seed: int) -> 
 
 async def measure_loopline(addr: str, loaded: Loaded, batch: int, concurrency: int,
                            args: argparse.Namespace) -> tuple[list[float], int]:
-    import grpc  # noqa: PLC0415
     from loopline.feature.v1 import feature_pb2_grpc  # noqa: PLC0415
 
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with grpcx.channel(addr) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         requests = [[request(b, loaded.as_of, FEATURES) for b in batches_for(loaded.entities, batch, k, args.seed)]
                     for k in range(concurrency)]
@@ -419,10 +418,9 @@ async def measure_loopline(addr: str, loaded: Loaded, batch: int, concurrency: i
 
 async def measure_grpc_floor(addr: str, args: argparse.Namespace) -> tuple[list[float], int]:
     """The same client and server stack answering a health check: what a call costs before any work."""
-    import grpc  # noqa: PLC0415
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
 
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with grpcx.channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         req = health_pb2.HealthCheckRequest(service="loopline.feature.v1.FeatureService")
 
@@ -548,6 +546,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 - the run'
     stack = Stack(StackConfig(state_dir=work / "stack", timeout_s=90), progress=lambda m: console.print(f"  {m}"))
     console.print(f"[bold]online feature benchmark[/] (logs in {work / 'logs'})")
     state = stack.up()
+    os.environ.update(client_env(state.env))  # the benchmark calls the services as the operator
     services: ServiceSet | None = None
     server: FeastServer | None = None
     try:

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loopline_core.auth import ClientCredentials, client_env
 from rich.console import Console
 from rich.table import Table
 
@@ -97,7 +98,8 @@ async def rounds(args: argparse.Namespace, urls: dict[str, str]) -> list[dict[st
 
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=1024, max_keepalive_connections=1024),
                              timeout=300)
-    clients = {side: AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", http_client=http, max_retries=0)
+    key = ClientCredentials.from_env().api_key()  # the peer engine ignores it
+    clients = {side: AsyncOpenAI(base_url=f"{url}/v1", api_key=key, http_client=http, max_retries=0)
                for side, url in urls.items()}
     batch_texts = prompts(args.batch)
     stream_texts = (prompts(args.streams) * 2)[:args.streams]
@@ -156,6 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stack = Stack(StackConfig(state_dir=work / "stack", timeout_s=90), progress=lambda m: console.print(f"  {m}"))
     console.print(f"[bold]LLM benchmark[/] (logs in {work / 'logs'})")
     state = stack.up()
+    os.environ.update(client_env(state.env))  # the benchmark calls the services as the operator
     services: ServiceSet | None = None
     try:
         suffix = uuid.uuid4().hex[:10]

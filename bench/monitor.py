@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from loopline_core.auth import client_env
 from rich.console import Console
 from rich.table import Table
 
@@ -419,6 +420,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stack = Stack(StackConfig(state_dir=work / "stack", timeout_s=90), progress=lambda m: console.print(f"  {m}"))
     console.print(f"[bold]monitor benchmark[/] (logs in {work / 'logs'})")
     state = stack.up()
+    os.environ.update(client_env(state.env))  # the benchmark calls the services as the operator
     registry: ServiceSet | None = None
     monitor_env = {}
     if args.windows is not None:

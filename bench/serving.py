@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from loopline_core import grpcx
+from loopline_core.auth import client_env
 from rich.console import Console
 from rich.table import Table
 
@@ -54,7 +56,7 @@ async def _point(addr: str, model: str, concurrency: int, rows: int, seconds: fl
     import tritonclient.grpc.aio as tga  # noqa: PLC0415
 
     x = np.random.default_rng(rows).normal(size=(rows, N_FEATURES)).astype(np.float32)
-    client = tga.InferenceServerClient(addr)
+    client = grpcx.with_auth(tga.InferenceServerClient(addr))
     inp = tga.InferInput("features", [rows, N_FEATURES], "FP32")
     inp.set_data_from_numpy(x)
     latencies: list[float] = []
@@ -87,7 +89,7 @@ async def _point(addr: str, model: str, concurrency: int, rows: int, seconds: fl
 async def _ready(addr: str, model: str, timeout_s: float) -> None:
     import tritonclient.grpc.aio as tga  # noqa: PLC0415
 
-    client = tga.InferenceServerClient(addr)
+    client = grpcx.with_auth(tga.InferenceServerClient(addr))
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -182,6 +184,7 @@ def start_loopline(running: contextlib.ExitStack, work: Path) -> dict[str, str]:
 
     stack = Stack(StackConfig(state_dir=work / "stack", timeout_s=90), progress=lambda m: console.print(f"  {m}"))
     state = stack.up()
+    os.environ.update(client_env(state.env))  # the benchmark calls the services as the operator
     running.callback(stack.down)
     suffix = uuid.uuid4().hex[:10]
     asyncio.run(ensure_topics(state.env["LOOPLINE_KAFKA_BOOTSTRAP"], TopicNamer(f"b{suffix}").platform_topics()))

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import numpy as np
 import torch
 import tritonclient.grpc.aio as tga
@@ -24,6 +23,7 @@ from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
 from loopline.retrainer.v1.events_pb2 import RolloutDecided
 from loopline.trainer.v1.events_pb2 import TrainingCompleted
+from loopline_core import grpcx
 from loopline_core.events import metadata
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.kafka.records import MESSAGE_TYPE
@@ -70,7 +70,7 @@ async def register(env: dict[str, str], addr: str, model: artifact.ScoringModel,
         await store.put_bytes("loopline-models", f"{prefix}/model.sig", (Path(tmp) / "model.sig").read_bytes())
     gate = pb.Gate(passed=True, champion_version=champion, summary="fixture gate passed",
                    checks=[pb.GateCheck(metric="auc_roc", kind="absolute", threshold=0.5, value=0.9, passed=True)])
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with grpcx.channel(addr) as ch:
         resp = await registry_pb2_grpc.RegistryServiceStub(ch).RegisterModelVersion(pb.RegisterModelVersionRequest(
             version=pb.ModelVersion(model_name="fraud", artifact_uri=f"s3://loopline-models/{prefix}/model",
                                     signature_uri=f"s3://loopline-models/{prefix}/model.sig", signer_key_id=key_id,
@@ -134,7 +134,7 @@ async def test_bad_canary_is_rolled_back_and_a_good_one_promoted(
     addr, bootstrap = svc.addr("registry"), isolated["LOOPLINE_KAFKA_BOOTSTRAP"]
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     rc = RegistryClient(addr)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     try:
         v1 = await register(isolated, addr, world_model(5.0), 0)
         await rc.set_alias("fraud", "champion", v1, actor="test", reason="first")

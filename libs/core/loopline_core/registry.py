@@ -13,9 +13,9 @@ import grpc
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
 
+from loopline_core.auth import ClientCredentials
 from loopline_core.errors import ErrorKind, LooplineError
-from loopline_core.grpcx import error_from_status
-from loopline_core.telemetry import inject_metadata
+from loopline_core.grpcx import channel, error_from_status
 
 
 def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
@@ -34,8 +34,8 @@ def stage_name(stage: pb.Stage.ValueType) -> str:
 
 
 class RegistryClient:
-    def __init__(self, addr: str, *, timeout_s: float = 10.0) -> None:
-        self._channel = grpc.aio.insecure_channel(addr)
+    def __init__(self, addr: str, *, timeout_s: float = 10.0, credentials: ClientCredentials | None = None) -> None:
+        self._channel = channel(addr, credentials)  # credentials default to LOOPLINE_AUTH_*
         self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -44,7 +44,7 @@ class RegistryClient:
 
     async def _call(self, rpc: Any, request: object) -> Any:
         try:
-            return await rpc(request, metadata=inject_metadata(), timeout=self.timeout_s)
+            return await rpc(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise as_error(exc) from exc
 

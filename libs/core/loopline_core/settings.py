@@ -29,7 +29,35 @@ def load(cls: type[S], service: str) -> S:
         raise SystemExit(f"loopline-{service}: " + "; ".join(problems)) from None
 
 
-class CoreSettings(BaseSettings):
+class AuthSettings(BaseSettings):
+    """How gRPC servers and the OpenAI HTTP API authenticate callers, and what this process presents
+    when it calls them (see docs/operations/auth.md). Secret values come only from files or
+    ``LOOPLINE_AUTH_TOKEN``; they are ``SecretStr`` so the start-up log masks them."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOPLINE_", env_nested_delimiter="__", extra="ignore")
+
+    auth_mode: Literal["token", "mtls", "none"] = "token"
+    """``token``: a bearer token per client; ``mtls``: TLS with client certificates from ``auth_tls_ca``;
+    ``none``: an explicit opt-out (anyone may call; only for a network nothing else can reach)."""
+    auth_tokens_file: Path | None = None
+    """Server side, mode ``token``: ``<client-id> <token>`` per line (or a JSON object client -> token);
+    re-read when it changes. Required by a service that serves gRPC or HTTP in mode ``token``."""
+    auth_token_file: Path | None = None
+    """Client side: the file holding the bearer token this process sends to the platform's services."""
+    auth_token: SecretStr | None = None
+    """Client side: the token itself (a secret store's env injection); ``auth_token_file`` wins."""
+    auth_tls_cert: Path | None = None
+    """Mode ``mtls``: this process's certificate chain (PEM), as a server and as a client."""
+    auth_tls_key: Path | None = None
+    """Mode ``mtls``: its private key (PEM)."""
+    auth_tls_ca: Path | None = None
+    """Mode ``mtls``: the CA that issues the platform's certificates (PEM): clients' certificates must
+    chain to it, and servers are checked against it."""
+    auth_tls_server_name: str = ""
+    """Mode ``mtls``, client side: the name a server's certificate must carry (empty: the address's host)."""
+
+
+class CoreSettings(AuthSettings):
     """Settings shared by every service. Services subclass this and add their own fields.
 
     Connections have no defaults on purpose: a service that is not pointed at a broker, a

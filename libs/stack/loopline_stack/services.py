@@ -52,6 +52,10 @@ class ServiceSet:
                     **({"LOOPLINE_INFERENCE_HTTP_PORT": str(self.ports.get(HTTP, 0))} if name == "inference" else {}),
                     # Each service is one process; torch's thread pool would only fight the others for 2 cores.
                     "OMP_NUM_THREADS": "1"})
+        # each service calls the others with a token of its own (the stack's auth/<service>.token)
+        own = Path(self.stack_env.get("LOOPLINE_AUTH_TOKEN_FILE", "")).with_name(f"{name}.token")
+        if "LOOPLINE_AUTH_TOKEN_FILE" in self.stack_env and own.is_file():
+            env["LOOPLINE_AUTH_TOKEN_FILE"] = str(own)
         env.update(self.extra_env.get("*", {}))
         env.update(self.extra_env.get(name, {}))
         return env
@@ -84,6 +88,7 @@ class ServiceSet:
         return f"http://127.0.0.1:{self.ports[HTTP]}"
 
     def _wait_grpc(self, name: str, timeout_s: float, *, serving: bool = True) -> None:
+        """gRPC health (open to callers without a token, as a load balancer's probe is)."""
         r = self.running[name]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -8,12 +8,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import grpc
 import numpy as np
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
+from loopline_core import grpcx
 from loopline_core.kafka import Record
 from loopline_core.kafka.offsets import log_end
 from loopline_core.objstore import ObjectStore
@@ -206,7 +206,7 @@ async def register_signed_model(env: dict[str, str], registry_addr: str, model_n
         await store.put_dir("loopline-models", f"{prefix}/model", d)
         await store.put_bytes("loopline-models", f"{prefix}/model.sig", sig.read_bytes())
         built = await _exports(store, key, model, Path(tmp), prefix, model_name, tamper_export) if exports else []
-    async with grpc.aio.insecure_channel(registry_addr) as ch:
+    async with grpcx.channel(registry_addr) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         version = registry_pb2.ModelVersion(
             model_name=model_name, artifact_uri=f"s3://loopline-models/{prefix}/model",

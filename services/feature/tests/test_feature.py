@@ -17,6 +17,7 @@ from loopline.feature.v1 import feature_pb2 as pb
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline.ingest.v1.envelope_pb2 import EventIngested
 from loopline.labels.v1.label_pb2 import Label
+from loopline_core import grpcx
 from loopline_core.events import metadata, timestamp
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.objstore import ObjectStore
@@ -77,7 +78,7 @@ async def test_online_vectors_late_events_and_bad_requests(isolated: dict[str, s
     await publisher.publish(topic, _txn("old", "c9", T0, 5.0), key="c9")
     await publisher.publish(topic, _txn("new", "c9", T0 + 9 * 86400, 7.0), key="c9")  # drops "old" online
 
-    async with grpc.aio.insecure_channel(svc.addr("feature")) as ch:
+    async with grpcx.channel(svc.addr("feature")) as ch:
         stub = feature_pb2_grpc.FeatureServiceStub(ch)
 
         async def seen_all() -> bool:
@@ -161,7 +162,7 @@ async def test_training_sets_are_point_in_time_and_match_the_online_path(
     await publisher.publish(namer.labels("transactions"), b'{"label": 1}', key="x",  # no event id: dead letter
                             content_type="application/json")
 
-    async with grpc.aio.insecure_channel(svc.addr("feature")) as ch:
+    async with grpcx.channel(svc.addr("feature")) as ch:
         stub = feature_pb2_grpc.FeatureServiceStub(ch)
         request = pb.BuildTrainingSetRequest(feature_view="transactions", as_of=timestamp(as_of))
 

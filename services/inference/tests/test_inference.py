@@ -10,6 +10,7 @@ import pytest
 import tritonclient.grpc as tg
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.monitor.v1.events_pb2 import ArtifactRefused
+from loopline_core import grpcx
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.kafka import TopicNamer
 from loopline_core.kafka.records import MESSAGE_TYPE
@@ -54,7 +55,7 @@ async def _serving(client: tg.InferenceServerClient, version: str, timeout: floa
 async def test_serves_the_champion_to_tritons_client(isolated: dict[str, str],
                                                      services: Callable[..., ServiceSet]) -> None:
     svc = services("registry", "inference", env={"inference": {"LOOPLINE_INFERENCE_RECONCILE_S": "60"}})
-    client = tg.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tg.InferenceServerClient(svc.addr("inference")))
     assert client.is_server_live()
     assert not client.is_server_ready(), "no champion yet"
     with pytest.raises(InferenceServerException, match="no champion"):
@@ -175,5 +176,5 @@ async def test_an_unknown_signer_is_refused(isolated: dict[str, str], services: 
         while "refused to load model" not in log.read_text():
             await asyncio.sleep(0.2)
     assert "unknown key" in log.read_text()
-    assert not tg.InferenceServerClient(svc.addr("inference")).is_model_ready("fraud")
+    assert not grpcx.with_auth(tg.InferenceServerClient(svc.addr("inference"))).is_model_ready("fraud")
     assert [(r.kind, r.signer_key_id) for r in await _refusals(isolated, 1)] == [("unknown_key", v.signer_key_id)]

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
 from loopline.llm.v1.events_pb2 import Generation
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
+from loopline_core import grpcx
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.kafka import TopicNamer
 from loopline_inference.handlers import oip_generate
@@ -67,7 +67,7 @@ async def served(stack: StackState, tiny_llm: Path, tmp_path_factory: pytest.Tem
         fraud = await register_signed_model(env, svc.addr("registry"), "fraud", seed=1)
         await set_alias(svc.addr("registry"), "fraud", "champion", fraud.version)
         await register_tiny(env, svc.addr("registry"), tiny_llm)
-        client = tg.InferenceServerClient(svc.addr("inference"))
+        client = grpcx.with_auth(tg.InferenceServerClient(svc.addr("inference")))
         async with asyncio.timeout(420):  # fetch, verify, start vLLM (20-60 s here, more on a busy machine)
             while not (client.is_model_ready(MODEL) and client.is_model_ready("fraud")):
                 assert svc.alive()["inference"], "inference exited"
@@ -120,7 +120,7 @@ class Stream:
     """tritonclient's callback stream, read as a queue of (result, error)."""
 
     def __init__(self, addr: str) -> None:
-        self.client = tg.InferenceServerClient(addr)
+        self.client = grpcx.with_auth(tg.InferenceServerClient(addr))
         self.q: queue.Queue[tuple[tg.InferResult | None, InferenceServerException | None]] = queue.Queue()
         self.client.start_stream(callback=lambda result, error: self.q.put((result, error)))
 
@@ -253,7 +253,7 @@ async def test_closing_a_response_stream_closes_the_generation() -> None:
 
 
 async def test_metadata_config_and_the_fraud_model_beside(served: Served) -> None:
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     meta = client.get_model_metadata(MODEL)
     assert meta.platform == "vllm" and meta.versions == ["1"]
     inputs = {t.name: t.datatype for t in meta.inputs}
@@ -276,7 +276,7 @@ async def test_metadata_config_and_the_fraud_model_beside(served: Served) -> Non
 
 
 async def test_model_infer_answers_the_whole_text(served: Served) -> None:
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     echoed = client.infer(MODEL, _inputs(sampling=GREEDY), request_id="whole-1")
     answer = client.infer(MODEL, _inputs(sampling=GREEDY, exclude=True, return_finish_reason=True,
                                          return_num_input_tokens=True, return_num_output_tokens=True))
@@ -294,7 +294,7 @@ async def test_model_infer_answers_the_whole_text(served: Served) -> None:
 
 
 async def test_stream_pieces_arrive_one_by_one_and_add_up(served: Served) -> None:
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     whole = _text(client.infer(MODEL, _inputs(sampling=GREEDY, exclude=True)))
     s = Stream(served.addr)
     try:
@@ -318,7 +318,7 @@ async def test_stream_pieces_arrive_one_by_one_and_add_up(served: Served) -> Non
 
 
 async def test_sampling_parameters_are_honoured(served: Served) -> None:
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     long = _text(client.infer(MODEL, _inputs(sampling={"temperature": 0, "max_tokens": 32}, exclude=True)))
     # the vLLM backend's clients send values as strings: they are taken as numbers, as there
     short = client.infer(MODEL, _inputs(sampling={"temperature": "0", "max_tokens": "3", "ignore_eos": "true"},
@@ -333,7 +333,7 @@ async def test_sampling_parameters_are_honoured(served: Served) -> None:
 
 
 async def test_bad_requests_are_invalid_argument(served: Served) -> None:
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     cases = {
         "missing text_input": _inputs(None, sampling=GREEDY),
         "empty text_input": _inputs("  "),
@@ -415,7 +415,8 @@ async def _generation(served: Served, request_id: str) -> Generation:
 
 async def test_a_cancelled_stream_cancels_its_generation(served: Served) -> None:
     url = _engine_url(served)
-    tg.InferenceServerClient(served.addr).infer(MODEL, _inputs(sampling={"max_tokens": 2, "ignore_eos": True}))
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
+    client.infer(MODEL, _inputs(sampling={"max_tokens": 2, "ignore_eos": True}))
     assert await _engine_metric(url, "vllm:request_success_total", finished_reason="length") >= 1, \
         "the engine counts the requests that ran to max_tokens"
     sampling = {"temperature": 0, "max_tokens": 400, "ignore_eos": True}  # ~1.4 s of generation here
@@ -443,7 +444,7 @@ async def test_a_cancelled_stream_cancels_its_generation(served: Served) -> None
 
 
 async def test_a_passed_deadline_cancels_its_generation(served: Served) -> None:
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     request_id = f"deadline-{uuid.uuid4().hex[:8]}"
     with pytest.raises(InferenceServerException) as info:  # 400 tokens take ~1.4 s here
         client.infer(MODEL, _inputs(sampling={"temperature": 0, "max_tokens": 400, "ignore_eos": True}),
@@ -454,13 +455,13 @@ async def test_a_passed_deadline_cancels_its_generation(served: Served) -> None:
 
 
 async def test_a_registry_prompt_by_version(served: Served) -> None:
-    async with grpc.aio.insecure_channel(served.svc.addr("registry")) as ch:
+    async with grpcx.channel(served.svc.addr("registry")) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         created = (await stub.CreatePromptVersion(registry_pb2.CreatePromptVersionRequest(
             prompt=registry_pb2.PromptVersion(name=f"support-{uuid.uuid4().hex[:6]}", model_name=MODEL,
                                               template="Customer: {{question}}\nAgent:",
                                               sampling_parameters=json.dumps(GREEDY))))).prompt
-    client = tg.InferenceServerClient(served.addr)
+    client = grpcx.with_auth(tg.InferenceServerClient(served.addr))
     by_prompt = client.infer(MODEL, _inputs(None, prompt_name=created.name, prompt_version=str(created.version),
                                             prompt_variables=json.dumps({"question": "my card was charged twice "
                                                                                      "for one order"})))

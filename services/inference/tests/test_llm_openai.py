@@ -27,6 +27,8 @@ from google.protobuf.message import DecodeError, Message
 from loopline.llm.v1.events_pb2 import Generation, GuardrailTriggered
 from loopline.monitor.v1.events_pb2 import ArtifactRefused
 from loopline.registry.v1 import registry_pb2
+from loopline_core import grpcx
+from loopline_core.auth import ClientCredentials
 from loopline_core.kafka import TopicNamer, ensure_topics
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
@@ -97,7 +99,8 @@ async def served(stack: StackState, tiny_llm: Path,  # noqa: F811 - the fixture 
         "LOOPLINE_INFERENCE_GUARDRAILS": json.dumps({"max_output_chars": MAX_OUTPUT}),
         "LOOPLINE_INFERENCE_RECONCILE_S": "2"}})
     await asyncio.to_thread(svc.start, names=("registry", "inference"))
-    client = openai.AsyncOpenAI(base_url=f"{svc.http_url()}/v1", api_key="unused", max_retries=0, timeout=120)
+    client = openai.AsyncOpenAI(base_url=f"{svc.http_url()}/v1", api_key=ClientCredentials.from_env().api_key(),
+                                max_retries=0, timeout=120)
     try:
         fraud = await register_signed_model(env, svc.addr("registry"), "fraud", seed=1)
         await set_alias(svc.addr("registry"), "fraud", "champion", fraud.version)
@@ -347,7 +350,7 @@ async def test_an_engine_that_fails_to_start_leaves_the_rest_serving(served: Ser
         await served.client.completions.create(model=BROKEN, prompt=PROMPT, max_tokens=4)
     assert info.value.status_code == 503 and "not ready" in str(info.value.body)
     assert [m.id for m in (await served.client.models.list()).data] == [MODEL]
-    triton = tg.InferenceServerClient(served.svc.addr("inference"))
+    triton = grpcx.with_auth(tg.InferenceServerClient(served.svc.addr("inference")))
     assert not triton.is_model_ready(BROKEN) and triton.is_model_ready("fraud")
     x = np.random.default_rng(0).normal(size=(2, len(FEATURES))).astype(np.float32)
     inp = tg.InferInput("features", list(x.shape), "FP32")

@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 from loopline.inference.v1.events_pb2 import PredictionLogged
+from loopline_core import grpcx
 from loopline_core.kafka import Publisher, TopicNamer, ensure_topics
 from loopline_inference.adapters.prediction_log import PredictionLog, Row
 from loopline_stack.services import ServiceSet
@@ -125,7 +126,7 @@ async def test_rows_spread_over_partitions_and_sigterm_publishes_every_answered_
     x = np.random.default_rng(0).normal(size=(1, len(FEATURES))).astype(np.float32)
     inp = tg.InferInput("features", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     try:
         async with asyncio.timeout(60):
             while not await client.is_model_ready("fraud"):

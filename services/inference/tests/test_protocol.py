@@ -9,7 +9,6 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
@@ -18,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from loopline.inference.v1.events_pb2 import PredictionLogged
 from loopline.registry.v1 import registry_pb2 as rpb
+from loopline_core import grpcx
 from loopline_core.kafka import TopicNamer
 from loopline_core.registry import RegistryClient
 from loopline_stack.services import ServiceSet
@@ -36,7 +36,7 @@ def _input(x: np.ndarray) -> tg.InferInput:
 
 
 async def _health(addr: str) -> int:
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with grpcx.channel(addr) as ch:
         resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
         return int(resp.status)
 
@@ -65,7 +65,7 @@ async def test_health_repository_config_reflection_and_statistics(
     svc = services("registry", "inference", env={"inference": {"LOOPLINE_INFERENCE_RECONCILE_S": "1",
                                                                "LOOPLINE_INFERENCE_MAX_QUEUE_DELAY_MS": "20"}})
     addr, registry = svc.addr("inference"), svc.addr("registry")
-    client = tga.InferenceServerClient(addr)
+    client = grpcx.with_auth(tga.InferenceServerClient(addr))
     assert await _health(addr) == health_pb2.HealthCheckResponse.NOT_SERVING, "no model loaded: not serving"
     index = (await client.get_model_repository_index(as_json=True))["models"]
     assert index == [{"name": "fraud", "state": "UNAVAILABLE", "reason": "no champion loaded yet"}]
@@ -82,7 +82,7 @@ async def test_health_repository_config_reflection_and_statistics(
     meta = await client.get_server_metadata(as_json=True)
     assert "statistics" in meta["extensions"] and "model_repository" in meta["extensions"]
 
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with grpcx.channel(addr) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         calls = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         listed = [s.name async for r in calls for s in r.list_services_response.service]
@@ -126,12 +126,12 @@ async def test_stream_answers_each_request_and_survives_a_bad_one(
     svc = services("registry", "inference")
     v1 = await register_signed_model(isolated, svc.addr("registry"), "fraud", seed=1)
     await set_alias(svc.addr("registry"), "fraud", "champion", v1.version)
-    aio = tga.InferenceServerClient(svc.addr("inference"))
+    aio = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     await _until(lambda: aio.is_model_ready("fraud"))
     await aio.close()
 
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    client = tg.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tg.InferenceServerClient(svc.addr("inference")))
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     bad = tg.InferInput("features", [1, 3], "FP32")
     bad.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
@@ -160,7 +160,7 @@ async def test_variants_route_and_a_refused_export_falls_back_to_torch(
         default_variant="onnx", fast_variant="onnx-int8", fast_budget_ms=10)))
     v1 = await register_signed_model(isolated, registry, "fraud", seed=1, exports=True)
     await set_alias(registry, "fraud", "champion", v1.version)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     await _until(lambda: client.is_model_ready("fraud"))
     x = np.random.default_rng(9).normal(size=(64, len(FEATURES))).astype(np.float32)
     torch_scores = make_model(1).predict(x).reshape(-1)
@@ -203,7 +203,7 @@ async def test_a_full_queue_refuses_and_an_expired_request_is_not_run(
         "LOOPLINE_INFERENCE_MAX_QUEUE_DELAY_MS": "500"}})
     v1 = await register_signed_model(isolated, svc.addr("registry"), "fraud", seed=1)
     await set_alias(svc.addr("registry"), "fraud", "champion", v1.version)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     await _until(lambda: client.is_model_ready("fraud"))
 
     # every request waits up to 500 ms for company; 8 rows fit in the queue, the rest are refused at once
@@ -236,7 +236,7 @@ async def test_canary_is_sticky_by_entity_and_shadow_logs_both(
     v2 = await register_signed_model(isolated, registry, "fraud", seed=2)
     await set_alias(registry, "fraud", "champion", v1.version)
     await set_alias(registry, "fraud", "challenger", v2.version)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     await _until(lambda: _index_has(client, "challenger"))
 
     async def version_for(entity: str) -> str:
@@ -298,7 +298,7 @@ async def test_entity_requests_are_scored_with_the_feature_services_vectors(
     svc = services("registry", "feature", "inference")
     v1 = await register_signed_model(isolated, svc.addr("registry"), "fraud", seed=1)
     await set_alias(svc.addr("registry"), "fraud", "champion", v1.version)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     await _until(lambda: client.is_model_ready("fraud"))
     ids = tg.InferInput("entity_ids", [2], "BYTES")
     ids.set_data_from_numpy(np.array([b"c1", b"c2"], dtype=np.object_))
@@ -313,7 +313,7 @@ async def test_entity_requests_are_scored_with_the_feature_services_vectors(
     from loopline.feature.v1 import feature_pb2, feature_pb2_grpc  # noqa: PLC0415
     from loopline_core.events import timestamp  # noqa: PLC0415
 
-    async with grpc.aio.insecure_channel(svc.addr("feature")) as ch:
+    async with grpcx.channel(svc.addr("feature")) as ch:
         resp = await feature_pb2_grpc.FeatureServiceStub(ch).GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(
             feature_view="transactions", entity_ids=["c1", "c2"], features=FEATURES, as_of=timestamp(1.7e9),
             request=[feature_pb2.RequestRow(numbers={"amount": 20.0}, strings={"merchant_category": "fuel"}),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
+from loopline_core import grpcx
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, make_model, register_signed_model, set_alias
 
@@ -44,7 +45,7 @@ async def test_calls_in_flight_survive_a_reload_and_switch_versions(
     x = np.random.default_rng(7).normal(size=(4, len(FEATURES))).astype(np.float32)
     inp = tg.InferInput("features", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    client = tga.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
     callers = [Caller() for _ in range(CALLERS)]
     done = asyncio.Event()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as tga
 from loopline.registry.v1 import registry_pb2 as rpb
+from loopline_core import grpcx
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
 from loopline_core.signing import TrustStore
@@ -63,7 +64,7 @@ async def test_triton_backend_scores_equal_in_process_and_falls_back_when_triton
                              actor="test")
         await rc.close()
         await set_alias(reg.addr("registry"), "fraud", "champion", v1.version)
-        client = tga.InferenceServerClient(svc.addr("inference"))
+        client = grpcx.with_auth(tga.InferenceServerClient(svc.addr("inference")))
         async with asyncio.timeout(60):
             while True:
                 try:

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
+from loopline_core import grpcx
 from loopline_core.errors import ErrorKind, LooplineError
 from loopline_core.kafka import TopicNamer
 from loopline_core.registry import RegistryClient
@@ -92,7 +93,7 @@ async def test_models_compare_and_set_rollback_history_and_lineage(
         assert first.updated_at == again.updated_at, "applying the same spec again changes nothing"
 
         # compare-and-set: two movers with the same view race; exactly one wins, the other learns who did
-        async with grpc.aio.insecure_channel(addr) as ch:
+        async with grpcx.channel(addr) as ch:
             stub = registry_pb2_grpc.RegistryServiceStub(ch)
             results = await asyncio.gather(*(stub.SetAlias(pb.SetAliasRequest(
                 model_name="fraud", alias="champion", version=n, expected_version=0, actor=f"mover{n}",
@@ -170,7 +171,7 @@ async def test_retired_gate_and_approval(isolated: dict[str, str], services: Cal
         await _refused(rc.set_stage("fraud", 2, "candidate", actor="a", reason="r"), ErrorKind.FAILED_PRECONDITION,
                        "retired")
         await _refused(rc.set_stage("fraud", 3, "production", actor="a", reason="r"), ErrorKind.FAILED_PRECONDITION)
-        async with grpc.aio.insecure_channel(addr) as ch:
+        async with grpcx.channel(addr) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as rpc_err:
                 await registry_pb2_grpc.RegistryServiceStub(ch).SetStage(pb.SetStageRequest(model_name="fraud",
                                                                                             version=3))

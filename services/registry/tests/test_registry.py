@@ -9,6 +9,7 @@ import grpc
 import pytest
 from loopline.registry.v1 import registry_pb2 as pb
 from loopline.registry.v1 import registry_pb2_grpc
+from loopline_core import grpcx
 from loopline_core.kafka import TopicNamer
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import read_topic
@@ -24,7 +25,7 @@ def _version(run_id: str, auc: float) -> pb.ModelVersion:
 
 async def test_versions_aliases_and_events(isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
     svc = services("registry")
-    async with grpc.aio.insecure_channel(svc.addr("registry")) as ch:
+    async with grpcx.channel(svc.addr("registry")) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         v1 = (await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r1", 0.8)))).version
         again = (await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r1", 0.8)))).version
@@ -74,7 +75,7 @@ async def test_every_change_commits_with_its_event_and_the_relay_publishes_each_
     import asyncpg  # noqa: PLC0415
 
     svc = services("registry")
-    async with grpc.aio.insecure_channel(svc.addr("registry")) as ch:
+    async with grpcx.channel(svc.addr("registry")) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         for _ in range(2):  # a client retrying a call whose answer it lost
             await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(version=_version("r1", 0.8)))

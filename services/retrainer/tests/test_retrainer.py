@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 from loopline.monitor.v1.events_pb2 import AlertRaised, AlertResolved, ArtifactRefused, DriftAlertRaised
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline.trainer.v1.events_pb2 import TrainingCompleted, TrainingRequested
+from loopline_core import grpcx
 from loopline_core.events import metadata, timestamp
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.registry import RegistryClient
@@ -53,7 +53,7 @@ def test_policy() -> None:
 
 
 async def _champion(addr: str) -> int:
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with grpcx.channel(addr) as ch:
         r = await registry_pb2_grpc.RegistryServiceStub(ch).ResolveAlias(
             registry_pb2.ResolveAliasRequest(model_name="fraud", alias="champion"))
         return int(r.version.version)

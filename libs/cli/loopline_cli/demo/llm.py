@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 import uuid
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from loopline.llm.v1.events_pb2 import Feedback, Generation
 from loopline.monitor.v1.events_pb2 import AlertRaised
 from loopline.registry.v1 import registry_pb2
+from loopline_core.auth import ClientCredentials, client_env
 from loopline_core.kafka import Publisher, TopicNamer
 from loopline_core.registry import RegistryClient
 from rich.console import Console
@@ -117,7 +119,8 @@ async def traffic(base_url: str, bootstrap: str, namer: TopicNamer, topics: tupl
     rng = random.Random(seed)  # noqa: S311 (a reproducible demo, not a secret)
     qs = [q for t in topics for q in questions(t, n, seed=seed)]
     rng.shuffle(qs)
-    client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="demo", max_retries=0)
+    # the openai client sends its api_key as "Authorization: Bearer": the operator's token
+    client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key=ClientCredentials.from_env().api_key(), max_retries=0)
     publisher = Publisher(bootstrap, client_id="demo-feedback")
     await publisher.start()
     gate = asyncio.Semaphore(8)
@@ -237,6 +240,7 @@ def run_llm_demo(minutes: float, state_dir: Path | None) -> int:
     except StackError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 1
+    os.environ.update(client_env(state.env))  # the demo calls the services as the stack's operator
     services = ServiceSet(state.env, cfg.state_dir.parent / "demo-llm-logs", service_env())
     out_dir = Path("reports")
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from loopline.monitor.v1.events_pb2 import AlertRaised
+from loopline_core.auth import client_env
 from loopline_core.kafka import TopicNamer
 from loopline_core.objstore import ObjectStore
 from loopline_stack import Stack, StackError
@@ -143,6 +145,7 @@ def run_demo(minutes: float = 5.0, state_dir: Path | None = None) -> int:
     except StackError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 1
+    os.environ.update(client_env(state.env))  # the demo calls the services as the stack's operator
     services = ServiceSet(state.env, cfg.state_dir.parent / "demo-logs", service_env())
     try:
         console.print("[cyan]•[/] starting the eight services as separate processes")

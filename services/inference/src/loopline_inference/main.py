@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2
 from loopline.registry.v1 import registry_pb2
 from loopline_core import runtime
+from loopline_core.auth import ServerAuth
 from loopline_core.grpcx import start_server
 from loopline_core.kafka import Record
 from loopline_core.objstore import ObjectStore
@@ -40,10 +42,11 @@ from loopline_inference.adapters.prediction_log import PredictionLog
 from loopline_inference.adapters.repository import Repository
 from loopline_inference.domain.batching import Batcher, Stats
 from loopline_inference.domain.pricing import PriceTable
+from loopline_inference.domain.ratelimit import Limit, RateLimiter
 from loopline_inference.handlers import openai_api
 from loopline_inference.handlers.generate import Generator
 from loopline_inference.handlers.model_events import ModelEventsHandler
-from loopline_inference.handlers.oip import InferenceServicer
+from loopline_inference.handlers.oip import Admission, InferenceServicer
 from loopline_inference.handlers.scoring import Scorer
 from loopline_inference.metrics import QueueDepth
 from loopline_inference.settings import Settings
@@ -51,6 +54,7 @@ from loopline_inference.settings import Settings
 
 async def main(stop: asyncio.Event) -> None:
     settings = load(Settings, "inference")
+    auth = ServerAuth.from_settings(settings, "inference")  # before anything starts: a missing file is one line
     rt = await start_runtime("inference", settings)
     torch.set_num_threads(settings.inference_torch_threads)
     objects = ObjectStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value())
@@ -84,8 +88,12 @@ async def main(stop: asyncio.Event) -> None:
     prediction_log.start()
     scorer = Scorer(prediction_log, OnlineFeatures(settings.feature_addr) if settings.feature_addr else None)
     llms, generation_log, generator = await _llm_side(settings, rt, objects, trust)
+    admission = Admission(auth, _limiter(settings))
     servicer = InferenceServicer(repo, scorer, max_batch=settings.inference_max_batch,
-                                 max_delay_ms=settings.inference_max_queue_delay_ms, generator=generator)
+                                 max_delay_ms=settings.inference_max_queue_delay_ms, generator=generator,
+                                 admission=admission)
+    # /readyz: ready only when every configured model and LLM is loaded and serving
+    rt.checks.append(lambda: repo.ready and all(llms.ready(name) for name in settings.inference_llm_models))
     events = ModelEventsHandler(repo)
 
     async def on_model_changed(event: registry_pb2.ModelChanged | None, record: Record) -> None:
@@ -99,10 +107,10 @@ async def main(stop: asyncio.Event) -> None:
     server, port = await start_server(
         [lambda s: service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, s)],
         settings.inference_port, [SERVICE], health_servicer=health_servicer, serving=False, reflect=[SERVICE],
-        host=settings.bind_host)
-    http, http_port = (await _serve_http(openai_api.app(generator),
+        host=settings.bind_host, auth=auth)
+    http, http_port = (await _serve_http(openai_api.app(generator, admission),
                                          settings.inference_http_host or settings.bind_host,
-                                         settings.inference_http_port) if generator else (None, None))
+                                         settings.inference_http_port, settings) if generator else (None, None))
     logging.getLogger(__name__).info("serving", extra={"grpc_port": port, "http_port": http_port})
 
     # separate loops: an LLM engine's start (tens of seconds) must not delay the scoring models' reloads
@@ -141,13 +149,28 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_http(app: object, host: str, port: int) -> tuple[tuple[_Server, asyncio.Task[None]], int]:
-    """Serve ``app`` as a task of this loop on ``host:port`` (0: a free port); return it and the bound port."""
+def _limiter(settings: Settings) -> RateLimiter:
+    def limit(rps: float, burst: float) -> Limit:
+        return Limit(rps, burst if burst > 0 else max(1.0, 2 * rps))
+
+    return RateLimiter(limit(settings.inference_rate_limit_rps, settings.inference_rate_limit_burst),
+                       {client: limit(float(o.get("rps", settings.inference_rate_limit_rps)), float(o.get("burst", 0)))
+                        for client, o in settings.inference_rate_limit_clients.items()})
+
+
+async def _serve_http(app: object, host: str, port: int,
+                      settings: Settings) -> tuple[tuple[_Server, asyncio.Task[None]], int]:
+    """Serve ``app`` as a task of this loop on ``host:port`` (0: a free port); return it and the bound port.
+    In mode ``mtls`` it is HTTPS and requires a client certificate from the CA, like the gRPC port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    tls: dict[str, Any] = {}
+    if settings.auth_mode == "mtls":
+        tls = {"ssl_certfile": str(settings.auth_tls_cert), "ssl_keyfile": str(settings.auth_tls_key),
+               "ssl_ca_certs": str(settings.auth_tls_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",  # type: ignore[arg-type]
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, **tls)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     return (server, task), sock.getsockname()[1]

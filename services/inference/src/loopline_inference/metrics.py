@@ -64,3 +64,9 @@ LLM_READY = Gauge("loopline_inference_llm_ready", "1 while the model's LLM engin
 GENERATION_LOG_DROPPED = Counter("loopline_inference_generation_log_dropped_total",
                                  "Generation events not published (queue full, publish failed, shutdown)",
                                  ["reason"])
+
+# ---- admission ----------------------------------------------------------------------------------
+IN_FLIGHT = Gauge("loopline_inference_in_flight", "Requests being served right now (gRPC and HTTP); the "
+                  "HorizontalPodAutoscaler scales inference on it", ["model"])
+RATE_LIMITED = Counter("loopline_inference_rate_limited_total",
+                       "Requests refused by the client's rate limit (RESOURCE_EXHAUSTED, HTTP 429)", ["client"])

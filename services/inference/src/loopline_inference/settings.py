@@ -75,5 +75,14 @@ class Settings(CoreSettings):
     ``inference_llm_models`` is not empty."""
     inference_http_host: str = ""
     """Empty: ``bind_host``."""
+    # ---- per-client rate limits (token buckets; see the README's rate-limit section) -----------------
+    inference_rate_limit_rps: float = 0.0
+    """Requests a second each client may make, sustained (ModelInfer, each ModelStreamInfer request,
+    HTTP completions); 0: no limit. Over it: RESOURCE_EXHAUSTED / HTTP 429."""
+    inference_rate_limit_burst: float = 0.0
+    """Requests a client may make at once (its bucket's size); 0: twice the rate (at least 1)."""
+    inference_rate_limit_clients: dict[str, dict[str, float]] = {}
+    """Per-client overrides by client id (the tokens file's first column, or the certificate's CN):
+    ``{"demo": {"rps": 50, "burst": 100}, "batch-scorer": {"rps": 0}}`` (rps 0: unlimited)."""
     generation_log_capacity: int = 10_000
     """Generation events that may wait for the broker; beyond, they are dropped and counted."""

@@ -6,16 +6,16 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
+from loopline_core.auth import ClientCredentials
 from loopline_core.errors import ErrorKind, LooplineError
-from loopline_core.grpcx import error_from_status
-from loopline_core.telemetry import inject_metadata
+from loopline_core.grpcx import channel, error_from_status
 
 from loopline_inference.domain.entities import EntityRequest
 
 
 class OnlineFeatures:
-    def __init__(self, addr: str, timeout_s: float = 2.0) -> None:
-        self._channel = grpc.aio.insecure_channel(addr)
+    def __init__(self, addr: str, timeout_s: float = 2.0, credentials: ClientCredentials | None = None) -> None:
+        self._channel = channel(addr, credentials)
         self._stub = feature_pb2_grpc.FeatureServiceStub(self._channel)
         self._timeout_s = timeout_s
 
@@ -32,7 +32,7 @@ class OnlineFeatures:
             request=rows if any(request.numbers) or any(request.strings) else [], as_of=as_of)
         try:
             resp: feature_pb2.GetOnlineFeaturesResponse = await self._stub.GetOnlineFeatures(
-                msg, metadata=inject_metadata(), timeout=timeout_s or self._timeout_s)
+                msg, timeout=timeout_s or self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise error_from_status(exc, "feature service") from exc
         if list(resp.feature_names) != feature_names or len(resp.rows) != len(request.entity_ids):

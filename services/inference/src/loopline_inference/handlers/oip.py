@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 import grpc
+from loopline_core.auth import ServerAuth
 from loopline_core.errors import ErrorKind, LooplineError, invalid, not_found
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
@@ -19,10 +21,12 @@ from tritonclient.grpc import service_pb2_grpc
 
 from loopline_inference.adapters.repository import Arm, Repository, Serving
 from loopline_inference.domain.batching import Duration
+from loopline_inference.domain.ratelimit import Limit, RateLimiter
 from loopline_inference.domain.tensors import INPUT_NAME, OUTPUT_NAME
 from loopline_inference.handlers import oip_generate
 from loopline_inference.handlers.generate import Generator
 from loopline_inference.handlers.scoring import Scored, Scorer
+from loopline_inference.metrics import IN_FLIGHT, RATE_LIMITED
 
 SERVER_NAME = "loopline"
 SERVER_VERSION = "0.2.0"
@@ -66,14 +70,46 @@ def _statistics(arm: Arm) -> pb.ModelStatistics:
                      for size, d in sorted(st.batches.items())])
 
 
+@dataclass
+class Admission:
+    """Who is calling (the authentication interceptor has already refused strangers) and whether their
+    rate limit lets this request in; ``in_flight`` counts the requests being served per model. Shared
+    by the gRPC and the HTTP API, so a client's bucket is one whichever protocol it uses."""
+
+    auth: ServerAuth = field(default_factory=lambda: ServerAuth("none"))
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(Limit(0, 0)))
+
+    def admit(self, client: str) -> None:
+        if not self.limiter.allow(client):
+            RATE_LIMITED.labels(client).inc()
+            raise LooplineError(ErrorKind.RESOURCE_EXHAUSTED, "rate limit exceeded; retry later")
+
+    def admit_grpc(self, context: grpc.aio.ServicerContext) -> None:
+        self.admit(self.auth.client_id(context))
+
+    @contextlib.contextmanager
+    def in_flight(self, model: str) -> Iterator[None]:
+        gauge = IN_FLIGHT.labels(model)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: Repository, scorer: Scorer, *, max_batch: int, max_delay_ms: float,
-                 generator: Generator | None = None) -> None:
+                 generator: Generator | None = None, admission: Admission | None = None) -> None:
         self.repo = repo
         self.scorer = scorer
         self.max_batch = max_batch
         self.max_delay_ms = max_delay_ms
         self.generator = generator
+        self.admission = admission or Admission()
+
+    def _model_label(self, name: str) -> str:
+        """A served model's name, else ``unknown`` (a caller's typos must not grow the label set)."""
+        return name if name in self.repo.names or self._llm(name) is not None else "unknown"
 
     def _llm(self, name: str) -> Generator | None:
         """The generator, when ``name`` is one of its LLMs (ready or not)."""
@@ -212,12 +248,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Score a batch; each row is queued for ``loopline.predictions.<model>`` (published off the response path).
 
         An LLM answers the whole text at once (``oip_generate``); its generation goes to
-        ``loopline.generations.<model>``."""
-        if (llm := self._llm(request.model_name)) is not None:
-            g = oip_generate.parse(request)
-            if g.stream:
-                raise invalid("stream = true needs ModelStreamInfer")
-            return await oip_generate.infer(llm, request, g)
+        ``loopline.generations.<model>``. A client over its rate limit gets RESOURCE_EXHAUSTED."""
+        self.admission.admit_grpc(context)
+        with self.admission.in_flight(self._model_label(request.model_name)):
+            if (llm := self._llm(request.model_name)) is not None:
+                g = oip_generate.parse(request)
+                if g.stream:
+                    raise invalid("stream = true needs ModelStreamInfer")
+                return await oip_generate.infer(llm, request, g)
+            return await self._score(request, context)
+
+    async def _score(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         serving = self._serving(request.model_name)
         if request.model_version:
             self._arm(request.model_name, request.model_version)
@@ -229,20 +270,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         """Each request is answered on the stream as soon as it is scored (not necessarily in order: a
         response carries its request's id); a failed request is an ``error_message``, never the
         stream's end. An LLM request with ``stream`` true is answered piece by piece, its last response
-        flagged ``triton_final_response``; the caller going away closes its generation in the engine."""
+        flagged ``triton_final_response``; the caller going away closes its generation in the engine.
+        Each request counts against the caller's rate limit (over it: that request's ``error_message``
+        says RESOURCE_EXHAUSTED)."""
+        client = self.admission.auth.client_id(context)
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
 
         async def one(req: pb.ModelInferRequest) -> None:
             try:
-                if (llm := self._llm(req.model_name)) is not None:
-                    await generate(llm, req)
-                    return
-                serving = self._serving(req.model_name)
-                if req.model_version:
-                    self._arm(req.model_name, req.model_version)
-                scored = await self.scorer.score(serving, req, _deadline(context))
-                await answers.put(pb.ModelStreamInferResponse(infer_response=_response(scored, req.id)))
+                self.admission.admit(client)
+                with self.admission.in_flight(self._model_label(req.model_name)):
+                    if (llm := self._llm(req.model_name)) is not None:
+                        await generate(llm, req)
+                        return
+                    response = await self._score(req, context)
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except LooplineError as exc:
                 await answers.put(pb.ModelStreamInferResponse(
                     error_message=f"{exc.kind.value}: {exc.message}",

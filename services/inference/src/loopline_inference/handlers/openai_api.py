@@ -3,27 +3,32 @@
 
 The official ``openai`` client works unchanged against it. Errors are OpenAI's body
 ``{"error": {"message", "type", "param", "code"}}`` with 400 (bad input, a guardrail), 404 (unknown model)
-or 503 (the engine is not ready). Loopline's extensions ride in the body as the client's ``extra_body``
-passes them: ``prompt`` = ``{"name", "version" | "alias", "variables"}`` names a registry prompt, and
-vLLM's own sampling names (``top_k``, ``min_p``, ``repetition_penalty``, ...) are accepted beside OpenAI's.
-A client that goes away mid-stream closes its generation (the engine aborts the request).
+or 503 (the engine is not ready); 401 without a valid ``Authorization: Bearer`` token (the ``openai``
+client sends its ``api_key`` so) and 429 over the client's rate limit. Loopline's extensions ride in
+the body as the client's ``extra_body`` passes them: ``prompt`` = ``{"name", "version" | "alias",
+"variables"}`` names a registry prompt, and vLLM's own sampling names (``top_k``, ``min_p``,
+``repetition_penalty``, ...) are accepted beside OpenAI's. A client that goes away mid-stream closes its
+generation (the engine aborts the request).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from functools import partial
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from loopline_core.auth import REFUSED
 from loopline_core.errors import ErrorKind, LooplineError, invalid
 from starlette.types import Receive, Scope, Send
 
 from loopline_inference.handlers.generate import GenerateRequest, Generator, Piece, PromptRef
+from loopline_inference.handlers.oip import Admission
+from loopline_inference.metrics import IN_FLIGHT
 
 _STATUS = {ErrorKind.INVALID_ARGUMENT: (400, "invalid_request_error"), ErrorKind.NOT_FOUND: (404, "not_found_error"),
            ErrorKind.UNAVAILABLE: (503, "service_unavailable"), ErrorKind.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
@@ -43,13 +48,34 @@ def error_body(message: str, kind: ErrorKind, param: str | None = None) -> JSONR
                         status_code=status)
 
 
-def app(generator: Generator) -> FastAPI:
-    """The FastAPI application over ``generator`` (no docs pages: this is a data plane)."""
-    api = FastAPI(title="Loopline inference (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
+class _Refused(Exception):  # noqa: N818 - a control-flow signal, answered as OpenAI's 401
+    pass
+
+
+def app(generator: Generator, admission: Admission | None = None) -> FastAPI:
+    """The FastAPI application over ``generator`` (no docs pages: this is a data plane). Every route
+    needs a valid bearer token (mode ``token``); completions count against the client's rate limit."""
+    gate = admission or Admission()
+
+    async def authenticate(request: Request) -> None:
+        client = (gate.auth.identify_token(request.headers.get("authorization")) if gate.auth.mode == "token"
+                  else gate.auth.mode)  # mtls: the TLS handshake checked the certificate
+        if client is None:
+            raise _Refused
+        request.state.client = client
+
+    api = FastAPI(title="Loopline inference (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(authenticate)])
 
     @api.exception_handler(LooplineError)
     async def on_error(_request: Request, exc: LooplineError) -> JSONResponse:
         return error_body(exc.message, exc.kind, exc.details.get("param"))
+
+    @api.exception_handler(_Refused)
+    async def on_refused(_request: Request, _exc: _Refused) -> JSONResponse:
+        return JSONResponse({"error": {"message": REFUSED, "type": "authentication_error", "param": None,
+                                       "code": "invalid_api_key"}},
+                            status_code=401, headers={"www-authenticate": "Bearer"})
 
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -61,23 +87,41 @@ def app(generator: Generator) -> FastAPI:
     @api.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> JSONResponse | StreamingResponse:
         """A completion of ``prompt`` (a string) or of a registry prompt (``prompt`` as an object)."""
-        return await _serve(generator, request, chat=False)
+        return await _admitted(gate, generator, request, chat=False)
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> JSONResponse | StreamingResponse:
         """A chat completion of ``messages`` (the model's chat template applies), or of a registry prompt."""
-        return await _serve(generator, request, chat=True)
+        return await _admitted(gate, generator, request, chat=True)
 
     return api
 
 
-async def _serve(generator: Generator, request: Request, *, chat: bool) -> JSONResponse | StreamingResponse:
+async def _admitted(gate: Admission, generator: Generator, request: Request, *,
+                    chat: bool) -> JSONResponse | StreamingResponse:
+    """The client's rate limit, then the request, counted in flight until its last byte (a stream's too)."""
+    gate.admit(getattr(request.state, "client", "unknown"))
     try:
         body = await request.json()
     except ValueError:
         raise invalid("the request body is not JSON") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object")
+    model = body.get("model")
+    gauge = IN_FLIGHT.labels(model if isinstance(model, str) and generator.knows(model) else "unknown")
+    gauge.inc()
+    try:
+        response = await _serve(generator, request, body, chat=chat, done=gauge.dec)
+    except BaseException:
+        gauge.dec()
+        raise
+    if not isinstance(response, _EventStream):
+        gauge.dec()
+    return response
+
+
+async def _serve(generator: Generator, request: Request, body: dict[str, Any], *, chat: bool,
+                 done: Callable[[], object]) -> JSONResponse | StreamingResponse:
     req = _request(body, chat=chat, request_id=request.headers.get("x-request-id", ""))
     created = int(time.time())
     if not body.get("stream"):
@@ -89,7 +133,7 @@ async def _serve(generator: Generator, request: Request, *, chat: bool) -> JSONR
     except StopAsyncIteration:
         raise LooplineError(ErrorKind.INTERNAL, "the engine answered nothing") from None
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return _EventStream(_events(req, pieces, first, created, chat, usage=usage), pieces,
+    return _EventStream(_events(req, pieces, first, created, chat, usage=usage), pieces, done,
                         media_type="text/event-stream", headers={"x-request-id": req.request_id})
 
 
@@ -196,12 +240,19 @@ class _EventStream(StreamingResponse):
     started): closing the generation closes its stream in the engine."""
 
     def __init__(self, content: AsyncGenerator[bytes, None], generation: AsyncGenerator[Piece, None],
-                 **kwargs: Any) -> None:
+                 done: Callable[[], object], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._content = content
         self._generation = generation
+        self._done = done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._run(scope, receive, send)
+        finally:
+            self._done()  # no longer in flight
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as group:
             async def streamed() -> None:
                 try:

@@ -6,8 +6,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
 from loopline_core.errors import LooplineError
-from loopline_core.grpcx import error_from_status
-from loopline_core.telemetry import inject_metadata
+from loopline_core.grpcx import channel, error_from_status
 
 
 def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
@@ -17,7 +16,7 @@ def as_error(exc: grpc.aio.AioRpcError) -> LooplineError:
 
 class FeatureClient:
     def __init__(self, addr: str) -> None:
-        self._channel = grpc.aio.insecure_channel(addr)
+        self._channel = channel(addr)  # this process's LOOPLINE_AUTH_* credentials
         self._stub = feature_pb2_grpc.FeatureServiceStub(self._channel)
 
     async def close(self) -> None:
@@ -34,7 +33,7 @@ class FeatureClient:
             req.recorded_since.CopyFrom(recorded_since)
         try:
             resp: feature_pb2.BuildTrainingSetResponse = await self._stub.BuildTrainingSet(
-                req, metadata=inject_metadata(), timeout=120)
+                req, timeout=120)
         except grpc.aio.AioRpcError as exc:
             raise as_error(exc) from exc
         return resp
