@@ -34,6 +34,9 @@ SERVICES = ("ingest", "validator", "feature", "trainer", "registry", "inference"
 SOURCES = [ROOT / "libs" / d for d in ("contracts", "core", "ml", "llm", "testing", "stack", "cli")] + sorted(
     (ROOT / "services").glob("*/src"))
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+ENTRY = {**{s: f"loopline_{s}.main" for s in SERVICES}, "init": "loopline_cli.init"}
+"""What each image runs (``python -m``); ``init`` is the deployment's one-shot job (``loopline init``)."""
+IMAGES = tuple(ENTRY)
 
 LAZY_ELSEWHERE: dict[str, dict[str, str]] = {
     "inference": {
@@ -52,6 +55,7 @@ MUST_NOT_CARRY = {
     "registry": {"torch", "evidently", "pyarrow"},
     "retrainer": {"torch", "evidently"},
     "trainer": {"evidently", "presidio-analyzer", "tritonclient"},
+    "init": {"torch", "evidently", "pyarrow"},
 }
 """Distributions whose absence from an image is the point of the split (the issue names the first two)."""
 
@@ -212,10 +216,10 @@ def install_closure(extra: str) -> frozenset[str]:
 
 def test_every_service_has_an_extra_and_all_holds_them() -> None:
     groups = _project()
-    for service in SERVICES:
+    for service in IMAGES:
         assert service in groups, f"pyproject.toml has no extra {service!r}"
     everything = install_closure("all")
-    for service in SERVICES:
+    for service in IMAGES:
         assert install_closure(service) <= everything, f"`all` misses some of {service}'s dependencies"
 
 
@@ -241,7 +245,7 @@ def missing_from(service: str, installed: frozenset[str]) -> list[str]:
     """The third-party modules of ``service``'s closure that no distribution in ``installed`` provides."""
     lazy_ok = LAZY_ELSEWHERE.get(service, {})
     missing = []
-    for module, where in sorted(closure(f"loopline_{service}.main").items()):
+    for module, where in sorted(closure(ENTRY[service]).items()):
         top = module.split(".")[0]
         first = (where["top"] or where["lazy"])[0]
         if top in lazy_ok:
@@ -254,7 +258,7 @@ def missing_from(service: str, installed: frozenset[str]) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", IMAGES)
 def test_extra_covers_the_import_closure(service: str) -> None:
     missing = missing_from(service, install_closure(service))
     assert not missing, f"the image of {service} would lack: " + "; ".join(missing)
@@ -266,11 +270,11 @@ def test_the_static_check_bites() -> None:
     assert any(m.startswith("evidently") for m in missing), missing
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", IMAGES)
 def test_image_does_not_carry_what_another_service_needs(service: str) -> None:
     carried = install_closure(service) & {norm(n) for n in MUST_NOT_CARRY[service]}
     assert not carried, f"the {service} image would carry {sorted(carried)}"
-    names = {norm(d) for m in closure(f"loopline_{service}.main") for d in distributions_of(m)}
+    names = {norm(d) for m in closure(ENTRY[service]) for d in distributions_of(m)}
     assert not names & {norm(n) for n in MUST_NOT_CARRY[service]}
 
 
@@ -291,10 +295,10 @@ importlib.import_module(entry)
 """
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", IMAGES)
 def test_main_imports_with_only_its_extra(service: str) -> None:
     allowed = sorted(install_closure(service))
-    done = subprocess.run([sys.executable, "-c", _HIDE, json.dumps(allowed), f"loopline_{service}.main"],
+    done = subprocess.run([sys.executable, "-c", _HIDE, json.dumps(allowed), ENTRY[service]],
                           capture_output=True, text=True, timeout=240, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
 
