@@ -94,7 +94,7 @@ class ServiceSet:
         while time.monotonic() < deadline:
             self._check_alive(r)
             try:
-                with grpc.insecure_channel(f"127.0.0.1:{r.port}") as ch:
+                with self._probe_channel(name, f"127.0.0.1:{r.port}") as ch:
                     resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=GRPC[name]),
                                                                 timeout=1)
                     if resp.status == health_pb2.HealthCheckResponse.SERVING or not serving:
@@ -103,6 +103,19 @@ class ServiceSet:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{name} did not become healthy within {timeout_s:.0f}s; see {r.log}")
+
+    def _probe_channel(self, name: str, addr: str) -> grpc.Channel:
+        """In mode mtls the port speaks only TLS with a client certificate: the service's own (its CA issued
+        it); otherwise a plain channel without a token."""
+        env = self.env_for(name)
+        if env.get("LOOPLINE_AUTH_MODE") != "mtls":
+            return grpc.insecure_channel(addr)
+        creds = grpc.ssl_channel_credentials(Path(env["LOOPLINE_AUTH_TLS_CA"]).read_bytes(),
+                                             Path(env["LOOPLINE_AUTH_TLS_KEY"]).read_bytes(),
+                                             Path(env["LOOPLINE_AUTH_TLS_CERT"]).read_bytes())
+        name_override = env.get("LOOPLINE_AUTH_TLS_SERVER_NAME")
+        return grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", name_override)]
+                                   if name_override else None)
 
     def wait_consumers(self, timeout_s: float) -> None:
         """Every service logs ``consuming`` once its consumers started; wait for all of them."""
