@@ -36,7 +36,6 @@ SINGLETONS = {"monitor", "retrainer"}
 """Kept at one replica (infra/k8s/components/autoscaling/keda.yaml says why)."""
 MADE_BY_HAND = {"loopline-signing-key", "loopline-trusted-keys"}
 """Key material the local overlay does not generate (infra/k8s/README.md has the commands)."""
-AUTH_FILES = {"LOOPLINE_AUTH_TOKENS_FILE", "LOOPLINE_AUTH_TOKEN_FILE"}
 
 Doc = dict[str, Any]
 
@@ -230,8 +229,7 @@ def test_every_required_setting_is_provided_and_every_given_one_is_read(overlay:
         required, known = variables(name)
         missing = required - set(env)
         assert not missing, f"{name} lacks {sorted(missing)}"
-        # The auth settings may be in review while these manifests land; they are checked once they exist.
-        unknown = {v for v in env if v.startswith("LOOPLINE_") and v.split("__")[0] not in known} - AUTH_FILES
+        unknown = {v for v in env if v.startswith("LOOPLINE_") and v.split("__")[0] not in known}
         assert not unknown, f"{name} is given {sorted(unknown)}, which its Settings does not read"
         for secret in ("LOOPLINE_POSTGRES_DSN", "LOOPLINE_S3_ACCESS_KEY", "LOOPLINE_S3_SECRET_KEY"):
             assert env[secret] is None, f"{name}: {secret} must come from a Secret, not a value"
