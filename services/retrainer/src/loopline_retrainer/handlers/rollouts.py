@@ -25,6 +25,8 @@ from loopline_core.kafka import Item, TopicNamer
 from loopline_core.kafka.codec import proto
 from loopline_core.outbox import OutboxEvent, Relay
 from loopline_core.registry import RegistryClient
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext
 
 from loopline_retrainer.adapters.rollouts import Observation, Rollout, RolloutStore
 from loopline_retrainer.domain.rollout import Counts, Outcome, Policy, Step, decide
@@ -32,6 +34,7 @@ from loopline_retrainer.metrics import ROLLOUT_RATE, ROLLOUT_RATIO, ROLLOUT_ROWS
 from loopline_retrainer.settings import Settings
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("loopline.retrainer")
 ACTOR = "retrainer-rollout"
 ROLLOUT_TYPE = RolloutDecided.DESCRIPTOR.full_name
 CHALLENGER = "challenger"
@@ -54,6 +57,8 @@ class RolloutController:
         self.outbox = outbox
         self.namer = namer
         self.s = settings
+        self._origins: dict[str, SpanContext] = {}
+        """Each running rollout's start (a span of the training's trace), for its decision's link."""
         self._lock = asyncio.Lock()
 
     decode_prediction = staticmethod(proto(PredictionLogged, "metadata.event_id", "model_name"))
@@ -76,6 +81,8 @@ class RolloutController:
             rollout, self._event(rollout, Step.CONTINUE, reason, None),
             lambda old: self._event(old, Step.ROLLBACK, f"superseded by v{number}", None))
         if started:
+            # kept in memory only: after a restart the decision still happens, its span just has no link
+            self._origins[rollout.rollout_id] = trace.get_current_span().get_span_context()
             ROLLOUTS.labels(name, "started").inc()
             ROLLOUT_RUNNING.labels(name).set(number)
             log.info("rollout started", extra={"model": name, "challenger": number, "champion": champion,
@@ -151,10 +158,18 @@ class RolloutController:
             arms = await self.store.counts(r.rollout_id, self.s.retrainer_rollout_score_threshold)
             outcome = decide(policy, arms.get("champion", Counts()), arms.get("challenger", Counts()), r.elapsed_s)
             self._gauges(r, outcome)
-            if outcome.step is Step.PROMOTE:
-                await self._promote(r, outcome)
-            elif outcome.step is Step.ROLLBACK:
-                await self._rollback(r, outcome.reason, outcome)
+            if outcome.step is Step.CONTINUE:
+                return outcome
+            # decided by whatever woke the check (a batch, a label, the clock): the decision's span links
+            # the rollout's start, so the trace from the alert through training reaches the promotion
+            origin = self._origins.pop(r.rollout_id, None)
+            with _tracer.start_as_current_span(f"rollout {outcome.step.value}", links=[Link(origin)] if origin else [],
+                                               attributes={"loopline.model": r.model_name,
+                                                           "loopline.challenger": r.challenger_version}):
+                if outcome.step is Step.PROMOTE:
+                    await self._promote(r, outcome)
+                elif outcome.step is Step.ROLLBACK:
+                    await self._rollback(r, outcome.reason, outcome)
             return outcome
 
     async def _promote(self, r: Rollout, outcome: Outcome) -> None:
