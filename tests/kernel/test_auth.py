@@ -341,3 +341,30 @@ async def test_token_mode_without_a_tokens_file_stops_the_service_with_one_line(
     assert result.stderr.strip().splitlines()[-1] == (
         "loopline-registry: LOOPLINE_AUTH_TOKENS_FILE is required (LOOPLINE_AUTH_MODE=token; "
         "LOOPLINE_AUTH_MODE=none opts out)")
+
+
+# ---- the tokens file ------------------------------------------------------------------------------------
+
+
+def test_tokens_file_formats_rotation_and_bearer_parsing(tmp_path: Path) -> None:
+    assert parse_tokens("# comment\nalice  tok-a\n\nbob tok-b # trailing\n") == {"alice": "tok-a", "bob": "tok-b"}
+    assert parse_tokens('{"alice": "tok-a"}') == {"alice": "tok-a"}
+    with pytest.raises(ValueError, match="line 1"):
+        parse_tokens("alice tok-a extra")
+    path = tmp_path / "tokens"
+    write_tokens(path, {"alice": "tok-a"})
+    assert path.stat().st_mode & 0o777 == 0o600
+    table = TokenTable(path, recheck_s=0)
+    auth = ServerAuth("token", tokens=table)
+    assert auth.identify_token("Bearer tok-a") == "alice"
+    assert auth.identify_token("bearer tok-a") == "alice"
+    for bad in (None, "", "tok-a", "Basic tok-a", "Bearer", "Bearer tok-b", "Bearer tok-a extra"):
+        assert auth.identify_token(bad) is None, bad
+    write_tokens(path, {"alice": "tok-a2", "carol": "tok-c-longer"})  # rotation: re-read on change
+    assert auth.identify_token("Bearer tok-a") is None
+    assert auth.identify_token("Bearer tok-c-longer") == "carol"
+    path.write_text("not a valid line at all\n")  # a broken file keeps the last good table
+    assert auth.identify_token("Bearer tok-c-longer") == "carol"
+    (tmp_path / "empty").write_text("# nobody\n")
+    with pytest.raises(ValueError, match="holds no token"):
+        TokenTable(tmp_path / "empty")

@@ -28,7 +28,7 @@ from loopline.llm.v1.events_pb2 import Generation, GuardrailTriggered
 from loopline.monitor.v1.events_pb2 import ArtifactRefused
 from loopline.registry.v1 import registry_pb2
 from loopline_core import grpcx
-from loopline_core.auth import ClientCredentials
+from loopline_core.auth import REFUSED, ClientCredentials
 from loopline_core.kafka import TopicNamer, ensure_topics
 from loopline_core.objstore import ObjectStore
 from loopline_core.registry import RegistryClient
@@ -389,3 +389,20 @@ async def test_a_tampered_llm_version_is_refused_and_the_engine_keeps_serving(se
     assert [(m.id, getattr(m, "version", None)) for m in models] == [(MODEL, 1)], "v1's engine keeps serving"
     ok = await served.client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0)
     assert ok.choices[0].text
+
+
+async def test_a_wrong_or_missing_api_key_is_401_with_one_message(served: Served) -> None:
+    """The openai client sends its api_key as ``Authorization: Bearer``; the served LLM is not reached."""
+    client = openai.AsyncOpenAI(base_url=f"{served.svc.http_url()}/v1", api_key="not-a-token", max_retries=0,
+                                timeout=30)
+    try:
+        with pytest.raises(openai.AuthenticationError) as info:
+            await client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
+    finally:
+        await client.close()
+    async with httpx.AsyncClient() as http:  # no Authorization header at all
+        missing = await http.post(f"{served.svc.http_url()}/v1/completions", json={"model": MODEL, "prompt": PROMPT})
+    assert missing.status_code == 401
+    assert info.value.body == missing.json()["error"]
+    assert missing.json()["error"] == {"message": REFUSED, "type": "authentication_error", "param": None,
+                                       "code": "invalid_api_key"}
