@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from loopline_core.kafka.topics import TopicNamer
+from loopline_core.settings import CoreSettings
 from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,13 @@ def loopline_deployments(docs: tuple[Doc, ...]) -> dict[str, Doc]:
             if d["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "loopline"}
 
 
+def workloads(docs: tuple[Doc, ...]) -> dict[str, Doc]:
+    """The services' Deployments and the init Job, by service name (``init`` for the Job)."""
+    jobs = {d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]: d
+            for d in of_kind(docs, "Job").values()}
+    return {**loopline_deployments(docs), **jobs}
+
+
 def container(dep: Doc) -> Doc:
     containers = dep["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1, dep["metadata"]["name"]
@@ -88,6 +96,8 @@ def environment(docs: tuple[Doc, ...], dep: Doc) -> dict[str, str | None]:
 
 @cache
 def settings_class(service: str) -> type[BaseSettings]:
+    if service == "init":  # loopline init reads the connections only
+        return CoreSettings
     cls: type[BaseSettings] = importlib.import_module(f"loopline_{service}.settings").Settings
     return cls
 
@@ -206,7 +216,8 @@ def test_probes_are_on_the_metrics_port(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_runs_as_non_root(overlay: str) -> None:
-    for name, dep in loopline_deployments(render(overlay)).items():
+    assert "init" in workloads(render(overlay))
+    for name, dep in workloads(render(overlay)).items():
         pod = dep["spec"]["template"]["spec"].get("securityContext", {})
         sc = {**pod, **container(dep).get("securityContext", {})}
         assert sc.get("runAsNonRoot") is True, name
@@ -224,7 +235,7 @@ def test_every_required_setting_is_provided_and_every_given_one_is_read(overlay:
     otherwise), and no ``LOOPLINE_*`` variable is one its service does not read (pydantic ignores an
     unknown variable silently: a misspelt name would leave the default in force)."""
     docs = render(overlay)
-    for name, dep in loopline_deployments(docs).items():
+    for name, dep in workloads(docs).items():
         env = environment(docs, dep)
         required, known = variables(name)
         missing = required - set(env)
@@ -330,6 +341,14 @@ def expected_subscriptions(service: str, prefix: str) -> set[tuple[str, str]]:
     return by_service.get(service, set())
 
 
+def test_the_init_job_makes_the_partitions_the_scalers_count_on() -> None:
+    docs = render("production")
+    args = container(workloads(docs)["init"])["args"]
+    partitions = int(args[args.index("--partitions") + 1])
+    for so in of_kind(docs, "ScaledObject").values():
+        assert so["spec"]["maxReplicaCount"] <= partitions, so["metadata"]["name"]
+
+
 def test_scaled_objects_watch_the_groups_and_topics_the_services_use() -> None:
     docs = render("production")
     deps = loopline_deployments(docs)
@@ -380,8 +399,9 @@ def test_the_inference_hpa_uses_a_metric_inference_exports() -> None:
 
 
 def test_production_pins_images_by_digest_and_spreads_pods() -> None:
+    for name, workload in workloads(render("production")).items():
+        assert re.search(r"@sha256:[0-9a-f]{64}$", container(workload)["image"]), name
     for name, dep in loopline_deployments(render("production")).items():
-        assert re.search(r"@sha256:[0-9a-f]{64}$", container(dep)["image"]), name
         keys = {c["topologyKey"] for c in dep["spec"]["template"]["spec"]["topologySpreadConstraints"]}
         assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
     pdbs = of_kind(render("production"), "PodDisruptionBudget")
@@ -393,11 +413,11 @@ def test_local_generates_what_it_references() -> None:
     """The local overlay brings its own Secrets and ConfigMaps, but for the key material made by hand."""
     docs = render("local")
     have = set(of_kind(docs, "Secret")) | set(of_kind(docs, "ConfigMap"))
-    for name, dep in loopline_deployments(docs).items():
+    for name, dep in workloads(docs).items():
         spec = dep["spec"]["template"]["spec"]
         refs = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
         refs |= {v["configMap"]["name"] for v in spec.get("volumes", []) if "configMap" in v}
         refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container(dep).get("env", []) if "valueFrom" in e}
         assert refs - MADE_BY_HAND <= have, f"{name} needs {sorted(refs - MADE_BY_HAND - have)}"
-        assert dep["spec"]["replicas"] == 1
+        assert dep["kind"] == "Job" or dep["spec"]["replicas"] == 1
     assert not of_kind(docs, "ScaledObject") and not of_kind(docs, "HorizontalPodAutoscaler")
