@@ -360,6 +360,8 @@ def test_tokens_file_formats_rotation_and_bearer_parsing(tmp_path: Path) -> None
     assert auth.identify_token("bearer tok-a") == "alice"
     for bad in (None, "", "tok-a", "Basic tok-a", "Bearer", "Bearer tok-b", "Bearer tok-a extra"):
         assert auth.identify_token(bad) is None, bad
+    path.write_text("alice tok-a\nalice tok-a2\n")  # rotating: old and new token side by side
+    assert (auth.identify_token("Bearer tok-a"), auth.identify_token("Bearer tok-a2")) == ("alice", "alice")
     write_tokens(path, {"alice": "tok-a2", "carol": "tok-c-longer"})  # rotation: re-read on change
     assert auth.identify_token("Bearer tok-a") is None
     assert auth.identify_token("Bearer tok-c-longer") == "carol"

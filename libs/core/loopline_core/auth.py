@@ -34,14 +34,20 @@ OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def parse_tokens(text: str) -> dict[str, str]:
-    """``client -> token`` from a tokens file: a JSON object, or ``<client-id> <token>`` lines (``#`` comments)."""
+    """``client -> token`` from a tokens file (the last line of a client that has several)."""
+    return dict(parse_pairs(text))
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``(client, token)`` pairs from a tokens file: a JSON object, or ``<client-id> <token>`` lines
+    (``#`` comments); a client may have several lines (its old and new token while rotating)."""
     stripped = text.strip()
     if stripped.startswith("{"):
         raw = json.loads(stripped)
         if not isinstance(raw, dict):
             raise ValueError("the tokens file's JSON is not an object of client -> token")
-        return {str(k): str(v) for k, v in raw.items() if str(v)}
-    out: dict[str, str] = {}
+        return [(str(k), str(v)) for k, v in raw.items() if str(v)]
+    out: list[tuple[str, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
         body = line.split("#", 1)[0].strip()
         if not body:
@@ -49,7 +55,7 @@ def parse_tokens(text: str) -> dict[str, str]:
         parts = body.split()
         if len(parts) != 2:
             raise ValueError(f"line {n} of the tokens file is not '<client-id> <token>'")
-        out[parts[0]] = parts[1]
+        out.append((parts[0], parts[1]))
     return out
 
 
@@ -71,14 +77,14 @@ class TokenTable:
             stamp = (st.st_mtime, st.st_size)
             if stamp == self._stamp:
                 return
-            tokens = parse_tokens(self.path.read_text())
+            tokens = parse_pairs(self.path.read_text())
         except (OSError, ValueError) as exc:
             if first:
                 raise ValueError(f"{self.path}: {exc.__class__.__name__}") from None
             return
         if not tokens and first:
             raise ValueError(f"{self.path} holds no token")
-        self._tokens = [(client, token.encode()) for client, token in tokens.items()]
+        self._tokens = [(client, token.encode()) for client, token in tokens]
         self._stamp = stamp
 
     def identify(self, token: str) -> str | None:
