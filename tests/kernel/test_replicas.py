@@ -15,9 +15,17 @@ LOOPLINE = Path(sys.executable).parent / "loopline"
 
 
 def test_consumer_services_take_any_positive_count() -> None:
-    for service in ("ingest", "validator", "trainer", "monitor", "retrainer"):
+    for service in ("ingest", "validator", "trainer"):
         check(service, 1)
         check(service, 8)
+
+
+@pytest.mark.parametrize(("service", "why"), [("monitor", "one active monitor per model"),
+                                              ("retrainer", "would fire once per replica")])
+def test_a_single_instance_service_is_refused_more_than_one_replica_and_told_why(service: str, why: str) -> None:
+    check(service, 1)
+    with pytest.raises(ReplicaError, match=why):
+        check(service, 2)
 
 
 @pytest.mark.parametrize("service", ["registry", "feature", "inference"])

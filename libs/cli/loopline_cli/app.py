@@ -116,8 +116,9 @@ def run_service(service: Annotated[str, typer.Argument(help=f"one of: {', '.join
                 replicas: Annotated[int, typer.Option(
                     "--replicas", help="run N processes of the service sharing its consumer group's partitions; "
                     "metrics ports LOOPLINE_METRICS_PORT+i (free ones when 0), LOOPLINE_REPLICA=i in each; "
-                    "SIGTERM drains them all; one dying stops the rest and exits 1 (no restarts). Not for the "
-                    "gRPC services (registry, feature, inference)")] = 1,
+                    "SIGTERM drains them all; one dying stops the rest and exits 1 (no restarts). For ingest, "
+                    "validator and trainer: the gRPC services and the monitor and retrainer run one process "
+                    "here")] = 1,
                 stop_timeout: Annotated[float, typer.Option(
                     "--stop-timeout", help="with --replicas: seconds a replica may take to drain before it "
                     "is killed")] = 60.0) -> None:

@@ -18,10 +18,15 @@ command (Kubernetes, Compose's restart policy, systemd); a second, hidden layer 
 turn a crash loop into a quiet one, and the group already hands a dead replica's partitions to the
 survivors, with its uncommitted records redelivered.
 
-Services that serve gRPC (registry, feature, inference) are refused more than one replica: their
-clients dial one fixed address (``LOOPLINE_<SERVICE>_ADDR``), so replicas on ``port+i`` would take no
-calls without a load balancer in front; scale them where a Service or proxy spreads calls
-(``docker compose --scale``, a Kubernetes Deployment; see docs/operations/scaling.md).
+If the parent dies without forwarding anything (SIGKILL), the kernel sends each replica SIGTERM
+(``PR_SET_PDEATHSIG``, Linux): a replica never outlives its ``loopline run``.
+
+The monitor and the retrainer are refused more than one replica anywhere (see
+:data:`SINGLE_INSTANCE`). Services that serve gRPC (registry, feature, inference) are refused more
+than one replica here: their clients dial one fixed address (``LOOPLINE_<SERVICE>_ADDR``), so
+replicas on ``port+i`` would take no calls without a load balancer in front; scale them where a
+Service or proxy spreads calls (``docker compose --scale``, a Kubernetes Deployment; see
+docs/operations/scaling.md).
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ from loopline_stack import procs
 
 GRPC_SERVICES = ("registry", "feature", "inference")
 """Services that serve gRPC on a fixed port: one replica per host (see the module docstring)."""
+SINGLE_INSTANCE = {
+    "monitor": "its drift windows and alert state live in one process's memory (one active monitor per model): "
+               "replicas would each see part of a version's traffic",
+    "retrainer": "its schedule triggers, cool-downs and rollout decisions would fire once per replica",
+}
+"""Services that must run as one process anywhere (Kubernetes runs them with one replica, Recreate)."""
 DEFAULT_METRICS_PORT = 9464
 """``CoreSettings.metrics_port``'s default: the base when ``LOOPLINE_METRICS_PORT`` is unset."""
 REPLICA_ENV = "LOOPLINE_REPLICA"
@@ -61,6 +72,8 @@ def check(service: str, replicas: int) -> None:
     """Refuse a replica count that cannot work for ``service``."""
     if replicas < 1:
         raise ReplicaError(f"--replicas must be at least 1, not {replicas}")
+    if replicas > 1 and service in SINGLE_INSTANCE:
+        raise ReplicaError(f"{service} runs as one process: {SINGLE_INSTANCE[service]}")
     if replicas > 1 and service in GRPC_SERVICES:
         raise ReplicaError(
             f"{service} serves gRPC on one fixed port (LOOPLINE_{service.upper()}_PORT) that its clients dial "
