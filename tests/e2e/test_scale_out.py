@@ -10,8 +10,9 @@ replica having handled some (each replica's own metrics port, from its ``startin
 A second batch is still being produced when the CLI gets SIGTERM: every replica must drain and log
 so, none may outlive the CLI, the CLI must exit 0, and what was validated must be committed. A
 second ``--replicas 2`` run then takes over from the committed offsets: every id of both batches
-on the valid topic exactly once (nothing lost, nothing redone), and after its own SIGTERM the
-group's offsets at the end of the topic.
+on the valid topic exactly once (nothing lost, nothing redone). That CLI is SIGKILLed: it forwards
+nothing, yet its replicas (told by the kernel's parent-death signal) must drain, and the group's
+offsets end at the end of the topic.
 
 ``LOOPLINE_SCALE_OUT_EVENTS`` (default 3,000 a batch) sizes the stream.
 """
@@ -99,10 +100,11 @@ async def test_three_validator_replicas_share_the_group_validate_each_event_once
     assert sum(in_flight.values()) > N + 300, f"the drain did not commit what was validated: {in_flight}"
 
     # Run 2: two replicas take over from the committed offsets: nothing lost, nothing validated twice.
+    # This time the CLI is SIGKILLed: it forwards nothing, and its replicas must drain all the same.
     async with _Cli(env, 2, tmp_path / "run2.log") as cli:
         await cli.spread(bootstrap, group, every)
         await _validated_once(bootstrap, valid, first + second)
-        await cli.terminate()
+        await cli.kill()
     ends = await end_offsets(bootstrap, ingested)
     done = await committed(bootstrap, group, ingested)
     print(f"committed at the first stop {in_flight}, at the second {done}, end offsets {ends}")
@@ -151,13 +153,34 @@ class _Cli:
         self.proc.send_signal(signal.SIGTERM)
         rc = await in_thread(self.proc.wait, 90)
         assert rc == 0, f"the CLI exited {rc}: {self.tail()}"
-        assert not [i for i, c in self.children.items() if c.is_running()], "a replica outlived the CLI"
+        assert not [i for i, c in self.children.items() if _alive(c)], "a replica outlived the CLI"
         drained = Counter(e.get("replica") for e in log_entries(self.log) if e.get("message") == "drained and stopped")
         assert drained == Counter(range(self.n)), f"not every replica drained once: {drained}; {self.tail()}"
         assert "every replica drained and stopped" in self.log.read_text()
 
+    async def kill(self) -> None:
+        """SIGKILL the CLI: the kernel sends each replica SIGTERM (parent-death signal); they drain all the same."""
+        self.proc.send_signal(signal.SIGKILL)
+        await in_thread(self.proc.wait, 30)
+
+        async def replicas_gone() -> bool:
+            return not [c for c in self.children.values() if _alive(c)]
+
+        assert await wait_until(replicas_gone, timeout=90, interval=0.5), \
+            f"replicas outlived the SIGKILLed CLI: {[c.pid for c in self.children.values() if _alive(c)]}"
+        drained = Counter(e.get("replica") for e in log_entries(self.log) if e.get("message") == "drained and stopped")
+        assert drained == Counter(range(self.n)), f"not every replica drained once: {drained}; {self.tail()}"
+
     def tail(self) -> str:
         return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-5:])
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Still running (an orphan nobody reaped yet counts as gone)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def _validated_once(bootstrap: str, valid: str, ids: list[str]) -> None:

@@ -157,9 +157,9 @@ class Supervisor:
 
     def _start(self, index: int, env: dict[str, str]) -> Replica:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loopline_cli.replicas", self.service], env=env, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the parent only; it forwards one SIGTERM
-            preexec_fn=_die_with(os.getpid()))  # noqa: PLW1509 - the CLI starts no threads before this
+            [sys.executable, "-m", "loopline_cli.replicas", self.service, str(os.getpid())], env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True)  # a terminal's Ctrl-C reaches the parent only; it forwards one SIGTERM
         return Replica(index, int(env[PORT_ENV]), proc, psutil.Process(proc.pid).create_time())
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -209,25 +209,21 @@ class Supervisor:
             self.say(f"{self.service}: every replica drained and stopped")
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """A pre-exec hook: the replica gets SIGTERM (and drains) if the parent dies without forwarding one,
-    SIGKILLed say; nothing of a ``loopline run`` outlives it. Linux only; elsewhere a no-op."""
+def _die_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM (it drains) when ``parent`` dies without forwarding one,
+    SIGKILLed say: nothing of a ``loopline run`` outlives it. Linux only; elsewhere nothing is done."""
     if sys.platform != "linux":
-        return lambda: None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: nothing to resolve in the child
-
-    def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the line above took effect
-            os._exit(1)
-
-    return hook
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        raise SystemExit(f"loopline-replica: the parent {parent} is gone")
 
 
-def child_main(service: str) -> None:
+def child_main(service: str, parent: int) -> None:
     """One replica: the service's own ``run()``, its log lines tagged with ``replica``."""
     import importlib  # noqa: PLC0415
 
+    _die_with(parent)
     replica = int(os.environ.get(REPLICA_ENV, "0"))
     make = logging.getLogRecordFactory()
 
@@ -241,4 +237,4 @@ def child_main(service: str) -> None:
 
 
 if __name__ == "__main__":
-    child_main(sys.argv[1])
+    child_main(sys.argv[1], int(sys.argv[2]))
