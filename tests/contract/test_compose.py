@@ -9,6 +9,7 @@ end can show that a wrong file is caught.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib
 import importlib.util
@@ -17,14 +18,21 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient
 from loopline_cli.init import CLIENTS
+from loopline_core.auth import parse_tokens
+from loopline_core.kafka import TopicNamer
+from loopline_core.objstore import BUCKETS, ObjectStore
 from loopline_core.settings import CoreSettings
+from loopline_core.signing import SigningKey
+from loopline_stack import StackState
 from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -502,3 +510,43 @@ def test_the_dockerfile_checks_catch_wrong_files(model: Model, monkeypatch: pyte
     monkeypatch.setattr(sys.modules[__name__], "_dockerfile", lambda: [line for line in real
                                                                       if not line.startswith("ARG GIT_COMMIT")])
     assert any("GIT_COMMIT is not declared" in p for p in check_dockerfile_build(model))
+
+
+async def test_init_makes_what_the_compose_file_names(stack: StackState, tmp_path: Path) -> None:
+    """The init image's command (``python -m loopline_cli.init``) against the real local stack: topics,
+    buckets, key pair, tokens (0600, one per client, in the servers' format); a second run changes nothing."""
+    prefix = f"init{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **stack.env, "LOOPLINE_TOPIC_PREFIX": prefix}
+    signing, secrets_dir = tmp_path / "signing", tmp_path / "secrets"
+    command = [sys.executable, "-m", "loopline_cli.init", "--signing-dir", str(signing), "--secrets-dir",
+               str(secrets_dir), "--partitions", "1", "--timeout", "60"]
+    first = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120,
+                                    check=False)
+    assert first.returncode == 0, first.stderr
+    tokens = (secrets_dir / "auth" / "tokens").read_text()
+    assert set(parse_tokens(tokens)) == set(CLIENTS)
+    for client in CLIENTS:
+        mine = secrets_dir / "auth" / f"{client}.token"
+        assert mine.read_text().strip() == parse_tokens(tokens)[client]
+        assert mine.stat().st_mode & 0o077 == 0
+    assert (secrets_dir / "auth" / "tokens").stat().st_mode & 0o077 == 0
+    assert SigningKey(signing / "current").files()[0].is_file()
+    assert [p.name for p in (secrets_dir / "trusted").glob("*.pub")] == [
+        SigningKey(signing / "current").files()[1].name]
+    for value in parse_tokens(tokens).values():
+        assert value not in first.stdout + first.stderr
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.env["LOOPLINE_KAFKA_BOOTSTRAP"])
+    await admin.start()
+    try:
+        topics = {t for t in await admin.list_topics() if t.startswith(prefix + ".")}
+    finally:
+        await admin.close()
+    assert topics == set(TopicNamer(prefix).platform_topics())
+    store = ObjectStore(stack.env["LOOPLINE_S3_ENDPOINT"], stack.env["LOOPLINE_S3_ACCESS_KEY"],
+                        stack.env["LOOPLINE_S3_SECRET_KEY"])
+    assert set(BUCKETS) <= set(await store.list_buckets())
+    second = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120,
+                                     check=False)
+    assert second.returncode == 0, second.stderr
+    assert (secrets_dir / "auth" / "tokens").read_text() == tokens
+    assert len(list((signing).glob("*.key"))) == 1

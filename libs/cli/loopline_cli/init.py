@@ -46,20 +46,24 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def ensure_tokens(auth_dir: Path, clients: tuple[str, ...] = CLIENTS) -> list[str]:
-    """``auth_dir/tokens`` and ``auth_dir/<client>.token`` for every client that has none yet; the new ones."""
+    """A token in ``auth_dir/tokens`` and ``auth_dir/<client>.token`` for every client that has none yet;
+    the clients given one. Existing lines are kept as they are (a client may hold several during a
+    rotation; its ``.token`` file is its last)."""
     auth_dir.mkdir(parents=True, exist_ok=True)
     auth_dir.chmod(0o700)
     table = auth_dir / "tokens"
+    text = table.read_text() if table.is_file() else ""
     known: dict[str, str] = {}
-    if table.is_file():
-        for line in table.read_text().splitlines():
-            parts = line.split("#", 1)[0].split()
-            if len(parts) == 2:
-                known[parts[0]] = parts[1]
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 2:
+            known[parts[0]] = parts[1]
     new = [c for c in clients if c not in known]
-    known.update({c: secrets.token_urlsafe(32) for c in new})
     if new:
-        _write_private(table, "".join(f"{client} {token}\n" for client, token in known.items()))
+        made = {c: secrets.token_urlsafe(32) for c in new}
+        prefix = text if not text or text.endswith("\n") else text + "\n"
+        _write_private(table, prefix + "".join(f"{client} {token}\n" for client, token in made.items()))
+        known.update(made)
     for client, token in known.items():
         mine = auth_dir / f"{client}.token"
         if client in new or not mine.is_file():
