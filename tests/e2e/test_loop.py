@@ -6,9 +6,8 @@ drift injected -> alert -> v2 trained and promoted -> inference now reports v2.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -16,16 +15,30 @@ from loopline.monitor.v1.events_pb2 import AlertRaised, WindowEvaluated
 from loopline.registry.v1 import registry_pb2, registry_pb2_grpc
 from loopline_cli.demo.run import service_env
 from loopline_cli.demo.scenario import ScenarioConfig, ScenarioResult, run_scenario
+from loopline_core import grpcx
 from loopline_core.kafka import TopicNamer
 from loopline_core.kafka.records import MESSAGE_TYPE
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import quiet
+from loopline_testing.otlp import Receiver, SpanGraph, SpanRecord
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., ServiceSet]) -> None:
-    svc = services(env=service_env())
+async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., ServiceSet],
+                              spans: InMemorySpanExporter) -> None:
+    with Receiver() as otlp:  # every service exports its spans here, as to an OpenTelemetry collector
+        svc = services(env={**service_env(), "*": {"LOOPLINE_OTEL_EXPORTER": "otlp",
+                                                    "LOOPLINE_OTEL_ENDPOINT": otlp.endpoint}})
+        await _loop_turns(isolated, svc)
+        svc.stop()  # each service flushes its last spans as it exits
+        _one_trace_end_to_end(SpanGraph([*otlp.spans(), *_upstream(spans.get_finished_spans())]),
+                              TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"]))
+
+
+async def _loop_turns(isolated: dict[str, str], svc: ServiceSet) -> None:
     namer = TopicNamer(isolated["LOOPLINE_TOPIC_PREFIX"])
     result = await run_scenario(isolated["LOOPLINE_KAFKA_BOOTSTRAP"], namer, svc.addr("feature"),
                                 svc.addr("inference"), ScenarioConfig(deadline_s=360))
@@ -51,7 +64,7 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
     assert stats.malformed > 0 and seen.dead_letters == stats.malformed
 
     # Triton's own client, unchanged, sees the promoted version
-    client = triton_grpc.InferenceServerClient(svc.addr("inference"))
+    client = grpcx.with_auth(triton_grpc.InferenceServerClient(svc.addr("inference")))
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("fraud")
     meta = client.get_model_metadata("fraud")
@@ -65,7 +78,7 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
     assert out.get_response().model_version == str(result.final_version)
 
     # the registry agrees, and every version carries a signature by a known key
-    with grpc.insecure_channel(svc.addr("registry")) as ch:
+    with grpcx.sync_channel(svc.addr("registry")) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         champion = stub.ResolveAlias(registry_pb2.ResolveAliasRequest(model_name="fraud", alias="champion")).version
         versions = stub.ListModelVersions(registry_pb2.ListModelVersionsRequest(model_name="fraud")).versions
@@ -84,6 +97,57 @@ async def test_the_loop_turns(isolated: dict[str, str], services: Callable[..., 
     assert champion.model_card_uri.endswith("card.json")
     assert champion.run.git_commit and champion.run.dataset_digest == champion.dataset_digest
     assert len(champion.run.trajectory) > 1
+
+
+def _upstream(finished: Sequence[ReadableSpan]) -> list[SpanRecord]:
+    """The test process's own spans (the upstream application: one trace per transaction)."""
+    return [SpanRecord("upstream", s.name, f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}",
+                       f"{s.parent.span_id:016x}" if s.parent else "", int(s.kind.value),
+                       tuple((f"{ln.context.trace_id:032x}", f"{ln.context.span_id:016x}") for ln in s.links),
+                       dict(s.attributes or {}))
+            for s in finished if s.context is not None]
+
+
+def _one_trace_end_to_end(g: SpanGraph, namer: TopicNamer) -> None:
+    """One upstream transaction's trace reaches, by parents and links across Kafka and gRPC: ingest ->
+    validator -> feature (its event), and inference (its scoring call) -> the monitor's batch that raised
+    the drift alert -> the retrainer's decision -> training -> registration -> the promotion."""
+    def services_upstream(span: SpanRecord) -> dict[str, set[str]]:
+        by_service: dict[str, set[str]] = {}
+        for sid in g.upstream(span):
+            if (s := g.by_id.get(sid)) is not None:
+                by_service.setdefault(s.service, set()).add(s.name)
+        return by_service
+
+    authorised = {s.span_id for s in g.named("upstream", "authorise transaction")}
+    assert authorised, "the upstream application traced its transactions"
+    # the event's own path: the feature service's consumption of validated events leads back to
+    # the validator, ingest and the transaction that produced it
+    featurised = [s for s in g.named("feature") if s.name.startswith(namer.valid("transactions"))]
+    event_roots: set[str] = set()
+    for s in featurised:
+        up = services_upstream(s)
+        if {"validator", "ingest"} <= up.keys():
+            event_roots |= g.upstream(s) & authorised
+    assert event_roots, "no feature-service span leads back through validator and ingest to a transaction"
+
+    # the promotion: a champion alias move whose upstream holds the whole loop
+    promotions = [s for s in g.named("registry") if "SetAlias" in s.name]
+    missing: list[list[str]] = []
+    for s in promotions:
+        ids = g.upstream(s)
+        names = {g.by_id[i].service + ":" + g.by_id[i].name for i in ids if i in g.by_id}
+        trainings = {i for i in ids if i in g.by_id and g.by_id[i].service == "trainer"}
+        registered = any(trainings & {a.span_id for a in g.ancestors(r)}
+                         for r in g.named("registry") if "RegisterModel" in r.name)
+        checks = {"the alert's handling": any(n.startswith(f"retrainer:{namer.alerts()}") for n in names),
+                  "training": any(n.startswith(f"trainer:{namer.training_requests()}") for n in names),
+                  "registration": registered,
+                  "the monitor": any(n.startswith("monitor:") for n in names),
+                  "a scoring call": any(n.startswith("inference:") and "ModelInfer" in n for n in names),
+                  "a transaction whose event reached the feature service": bool(ids & event_roots)}
+        missing.append([k for k, ok in checks.items() if not ok])
+    assert [] in missing, f"no alias move leads back through the whole loop; each lacks: {missing}"
 
 
 async def _new_champion_watched_against_its_own_profile(isolated: dict[str, str], namer: TopicNamer,

@@ -20,13 +20,18 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton
 from loopline.feature.v1 import feature_pb2, feature_pb2_grpc
+from loopline_core import grpcx
 from loopline_core.events import timestamp
 from loopline_core.kafka import Publisher, TopicNamer
+from loopline_core.telemetry import inject_metadata
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from tritonclient.utils import InferenceServerException
 
 from loopline_cli.demo.synth import TransactionStream
 
 VIEW = "transactions"
+_tracer = trace.get_tracer("loopline.demo")
 
 
 @dataclass
@@ -64,9 +69,9 @@ class Traffic:
         self.model = model
         self.stats = TrafficStats()
         self._publisher = Publisher(bootstrap, client_id="demo-producer")
-        self._feature_channel = grpc.aio.insecure_channel(feature_addr)
+        self._feature_channel = grpcx.channel(feature_addr)  # the operator's LOOPLINE_AUTH_* credentials
         self._features = feature_pb2_grpc.FeatureServiceStub(self._feature_channel)
-        self._triton = triton.InferenceServerClient(inference_addr)
+        self._triton = grpcx.with_auth(triton.InferenceServerClient(inference_addr))
         self._labels: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
         self._stop = asyncio.Event()
         self._last_seen: dict[str, float] = {}
@@ -94,11 +99,15 @@ class Traffic:
             previous = self._last_seen.get(txn["customer_id"], 0.0)
             self._last_seen[txn["customer_id"]] = max(previous, float(txn["ts"]))
             await slots.acquire()
-            task = asyncio.create_task(self._score(txn, label, previous, self.stream.drifted))
-            task.add_done_callback(self._done(scoring, slots))
-            scoring.add(task)
-            await self._publisher.publish(self.namer.raw("transactions"), json.dumps(txn).encode(),
-                                          key=txn["customer_id"], content_type="application/json")
+            # one trace per transaction, as an upstream application would have: the event it publishes
+            # (traceparent in the record's headers) and the scoring call (in the gRPC metadata)
+            with _tracer.start_as_current_span("authorise transaction", kind=SpanKind.PRODUCER,
+                                               attributes={"loopline.event_id": txn["event_id"]}):
+                task = asyncio.create_task(self._score(txn, label, previous, self.stream.drifted))
+                task.add_done_callback(self._done(scoring, slots))
+                scoring.add(task)
+                await self._publisher.publish(self.namer.raw("transactions"), json.dumps(txn).encode(),
+                                              key=txn["customer_id"], content_type="application/json")
             self.stats.produced += 1
             self._labels.append((time.monotonic() + self.label_delay_s,
                                  {"event_id": txn["event_id"], "label": label, "ts": txn["ts"]}))
@@ -160,7 +169,8 @@ class Traffic:
             inp.set_data_from_numpy(x)
             result = await self._triton.infer(self.model, [inp], outputs=[triton.InferRequestedOutput("score")],
                                               parameters={"entity_ids": txn["customer_id"]},
-                                              request_id=txn["event_id"], client_timeout=5)
+                                              request_id=txn["event_id"], client_timeout=5,
+                                              headers=dict(inject_metadata()))
         except (InferenceServerException, grpc.aio.AioRpcError):
             self.stats.unscored += 1  # no champion yet, or a service restarting: the event still flows
             return

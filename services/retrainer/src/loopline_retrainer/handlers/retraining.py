@@ -27,6 +27,8 @@ from loopline_core.kafka import TopicNamer
 from loopline_core.outbox import OutboxEvent, Relay
 from loopline_core.registry import RegistryClient
 from loopline_ml import spec as specs
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext
 
 from loopline_retrainer.adapters.store import Decided, ModelTx, NewRequest, RetrainerStore
 from loopline_retrainer.domain.policy import Alert, Outcome, Plan, plan_alert, plan_label_volume, plan_schedule
@@ -34,6 +36,7 @@ from loopline_retrainer.metrics import REQUESTS, RETRAIN_DECISIONS
 from loopline_retrainer.settings import Settings
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("loopline.retrainer")
 DECIDED_TYPE = RetrainDecided.DESCRIPTOR.full_name
 REQUESTED_TYPE = TrainingRequested.DESCRIPTOR.full_name
 
@@ -84,6 +87,9 @@ class RetrainingPolicy:
         self.namer = namer
         self.s = settings
         self.policies = Policies(Path(settings.models_dir))
+        self._origins: dict[str, SpanContext] = {}
+        """The span that planned each pending request (an alert's, a label's): in memory only, so after a
+        restart a request still goes out, its span just has no link."""
 
     @property
     def dataset(self) -> str:
@@ -155,6 +161,8 @@ class RetrainingPolicy:
         if request_id:
             await tx.add_request(NewRequest(request_id, model, cause, plan.reason, plan.trigger, evidence_json, episode,
                                             plan.mode, plan.window_start, plan.max_rows, plan.min_rows))
+            # the request may go out later (after a label wait, from a label's batch): its span links the cause
+            self._origins[request_id] = trace.get_current_span().get_span_context()
         if plan.outcome is not Outcome.REQUESTED:  # "requested" is recorded when the request is sent
             d = Decided(derived_id("retrain-decided", cause, plan.outcome.value), model, plan.outcome.value,
                         plan.code, plan.reason, plan.trigger, evidence_json, cause, request_id, plan.mode,
@@ -185,12 +193,17 @@ class RetrainingPolicy:
                 warm_start_version=warm)
             if window_start:
                 req.window_start.CopyFrom(timestamp(window_start))
-            event = OutboxEvent(row["request_id"], self.namer.training_requests(), req.SerializeToString(),
-                                key=model, message_type=REQUESTED_TYPE)
-            d = Decided(derived_id("retrain-decided", row["cause_event_id"], "requested"), model, "requested", "",
-                        reason, row["trigger"], row["evidence"], row["cause_event_id"], row["request_id"],
-                        "warm_start" if warm else "full", window_start)
-            if await self.store.mark_in_flight(row["request_id"], event, d, self._event(d)):
+            origin = self._origins.pop(row["request_id"], None)
+            with _tracer.start_as_current_span("retrain requested", links=[Link(origin)] if origin else [],
+                                               attributes={"loopline.model": model,
+                                                           "loopline.trigger": row["trigger"]}):
+                event = OutboxEvent(row["request_id"], self.namer.training_requests(), req.SerializeToString(),
+                                    key=model, message_type=REQUESTED_TYPE)
+                d = Decided(derived_id("retrain-decided", row["cause_event_id"], "requested"), model, "requested",
+                            "", reason, row["trigger"], row["evidence"], row["cause_event_id"], row["request_id"],
+                            "warm_start" if warm else "full", window_start)
+                marked = await self.store.mark_in_flight(row["request_id"], event, d, self._event(d))
+            if marked:
                 sent = True
                 self._count(d)
                 log.info("retraining requested", extra={"model": model, "request_id": row["request_id"],
