@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from loopline_ml.artifact import ScoringModel
@@ -65,6 +64,10 @@ def export_onnx(model: ScoringModel, directory: Path, name: str, *, opset: int =
 def quantize_int8(fp32: Path, directory: Path, name: str, n_features: int) -> Path:
     """Dynamic quantization: weights stored as INT8 (QInt8, one scale per output channel, which keeps the
     scores of these narrow layers closer to FP32 than one scale per tensor), activations at run time."""
+    # here, not at the top: onnxruntime.quantization imports onnx, which only the trainer needs (inference
+    # imports this module for INPUT/OUTPUT and its image carries no onnx)
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415
+
     path = _layout(directory, name, n_features)
     quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True)
     return path
