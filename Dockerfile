@@ -81,7 +81,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
     pip install --no-cache-dir --no-index --find-links /wheels -c /tmp/requirements.lock -r /tmp/requirements.txt
 COPY --from=vllm /opt/vllm /opt/vllm
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/loopline --shell /usr/sbin/nologin loopline \
+RUN groupadd --system --gid 10001 loopline \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/loopline --shell /usr/sbin/nologin loopline \
     && mkdir -p /var/lib/loopline/secrets /var/lib/loopline/signing /var/lib/loopline/work \
     && chown -R loopline:loopline /var/lib/loopline \
     && chmod 700 /var/lib/loopline/signing
