@@ -148,6 +148,24 @@ def test_existing_callers_keep_working(tmp_path: Path, keys: tuple[Path, Path]) 
     assert SigningKey(link, link.with_suffix(".pub")).key_id == first
 
 
+def test_a_pointer_mounted_from_a_kubernetes_secret(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    # the kubelet's layout: every key a symlink into ..data, itself a symlink to a timestamped directory,
+    # so `current` links to the pointer file, which names the key beside it
+    private, trusted = keys
+    key = init_keys(private, trusted)
+    mount, data = tmp_path / "secret", tmp_path / "secret" / "..2026_12_04_22_00_00.1"
+    data.mkdir(parents=True)
+    for f in private.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+        (mount / f.name).symlink_to(Path("..data") / f.name)
+    (mount / "..data").symlink_to(data.name)
+    mounted = SigningKey(mount / "current", (mount / "current").with_suffix(".pub"))
+    assert mounted.key_id == key.key_id
+    model, sig = _model(tmp_path / "m"), tmp_path / "m.sig"
+    assert sign_dir(model, mounted, sig) == key.key_id
+    TrustStore.from_dir(trusted).verify(model, sig, key.key_id)
+
+
 def test_revoking_checks_the_id(keys: tuple[Path, Path]) -> None:
     _, trusted = keys
     with pytest.raises(LooplineError) as info:

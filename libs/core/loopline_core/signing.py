@@ -81,17 +81,19 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def _resolve(private_key_path: Path, public_key_path: Path | None) -> tuple[Path, Path]:
     """The (private, public) key files a path means right now: a ``current`` pointer (a file naming a
-    key id in its directory, or a symlink to ``<id>.key``) is followed; a key file is itself."""
-    if private_key_path.is_symlink():
-        target = private_key_path.resolve()
-        return target, target.with_suffix(".pub")
-    head = private_key_path.read_bytes()[:64]
+    key id in its directory, or a symlink to ``<id>.key``) is followed; a key file is itself.
+
+    A symlink is followed first and its target judged by content: a Kubernetes Secret mounts every file
+    as a symlink into a timestamped directory, so ``current`` there links to the pointer, not a key."""
+    linked = private_key_path.is_symlink()
+    path = private_key_path.resolve() if linked else private_key_path
+    head = path.read_bytes()[:64]
     if head.lstrip().startswith(_PEM):
-        return private_key_path, public_key_path or private_key_path.with_suffix(".pub")
+        return path, path.with_suffix(".pub") if linked else public_key_path or path.with_suffix(".pub")
     name = head.decode("ascii", "replace").strip().splitlines()[0].strip() if head.strip() else ""
     if not name or "/" in name:
         raise LooplineError(ErrorKind.FAILED_PRECONDITION, f"{private_key_path} names no signing key")
-    return private_key_path.parent / f"{name}.key", private_key_path.parent / f"{name}.pub"
+    return path.parent / f"{name}.key", path.parent / f"{name}.pub"
 
 
 class SigningKey:
