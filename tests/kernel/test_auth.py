@@ -116,6 +116,17 @@ async def test_a_valid_token_passes_and_health_needs_none(served: Served) -> Non
         code, _ = await _code(registry_pb2_grpc.RegistryServiceStub(reg).GetModelVersion(
             pb.GetModelVersionRequest(model_name="nothing", version=1), timeout=10))
         assert code == grpc.StatusCode.NOT_FOUND  # authenticated; the registry answered
+
+    def blocking() -> grpc.StatusCode:
+        with grpcx.sync_channel(served.svc.addr("registry"), served.creds("other")) as ch:
+            try:
+                registry_pb2_grpc.RegistryServiceStub(ch).GetModelVersion(
+                    pb.GetModelVersionRequest(model_name="nothing", version=1), timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[attr-defined, no-any-return]
+        return grpc.StatusCode.OK
+
+    assert await asyncio.to_thread(blocking) == grpc.StatusCode.NOT_FOUND  # the blocking channel too
     client = grpcx.with_auth(tga.InferenceServerClient(served.svc.addr("inference")), served.creds("other"))
     try:
         assert await client.is_server_live()
