@@ -39,6 +39,7 @@ from loopline_inference.handlers.oip import Admission
 from loopline_stack import StackState
 from loopline_stack.services import ServiceSet
 from loopline_testing.builders import FEATURES, _read_to_end, register_signed_model, set_alias
+from loopline_testing.flow import metric, metrics_port, readyz
 from loopline_testing.plugin import isolate
 from pydantic import SecretStr
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -165,6 +166,11 @@ async def test_a_client_over_its_rate_limit_is_refused_and_another_is_not(served
     assert all("RESOURCE_EXHAUSTED" in c for c in limited[BURST:]), limited
     other = await codes("other", BURST + 3)
     assert all("RESOURCE_EXHAUSTED" not in c for c in other), other
+    port = metrics_port(served.svc.running["inference"].log)
+    assert metric(port, "loopline_inference_rate_limited_total", client="limited") == 3
+    assert metric(port, "loopline_inference_rate_limited_total", client="other") == 0
+    assert metric(port, "loopline_inference_in_flight", model="fraud") == 0  # every call counted out again
+    assert readyz(port) == 503, "no champion loaded yet: not ready"
 
 
 async def test_secrets_appear_in_no_log_topic_or_table(served: Served, stack: StackState) -> None:
@@ -189,6 +195,7 @@ async def test_secrets_appear_in_no_log_topic_or_table(served: Served, stack: St
             await client.infer("fraud", [inp])
     finally:
         await client.close()
+    assert readyz(metrics_port(served.svc.running["inference"].log)) == 200, "every configured model serves"
 
     secrets = _secrets(stack.env, served.tokens)
     places: dict[str, bytes] = {}
