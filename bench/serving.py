@@ -12,7 +12,8 @@ load drifts, the load then falls on every server alike and the ratios stay meani
 - **Loopline** inference as a process of its own (registry, S3 store, broker and Postgres of a local
   stack, as in production; every prediction logged to Kafka), serving the signed ONNX export (default
   variant) with dynamic batching, and a second process beside it with ``LOOPLINE_INFERENCE_MAX_BATCH=1``
-  (unbatched, measured at c=64) for its own ratio.
+  (unbatched, measured at c=64) for its own ratio, and a third with ``LOOPLINE_AUTH_MODE=none``
+  (measured at c=1 and 64) for the cost of authentication.
 
 Figures go to bench/results/serving-<time>.json. The client runs in this process and shares the
 cores with the server it measures: on a 2-core machine every figure includes that cost.
@@ -46,6 +47,9 @@ CONCURRENCY = (1, 16, 64, 256)
 BATCHES = (1, 8)
 N_FEATURES = 7
 UNBATCHED_AT = 64
+OPEN_AT = (1, 64)
+"""Where the same inference without authentication (``LOOPLINE_AUTH_MODE=none``) is measured too: the
+cost of checking every call's bearer token, alone (c=1) and under load."""
 """Loopline's unbatched process is measured at this concurrency only (its ratio to batched)."""
 
 
@@ -111,7 +115,8 @@ def measure(servers: dict[str, str], model: str, args: argparse.Namespace) -> li
     points = [(c, b) for b in BATCHES for c in CONCURRENCY]
     out = []
     for i, (c, b) in enumerate(points):
-        names = [n for n in servers if not n.endswith("-unbatched") or c == UNBATCHED_AT]
+        names = [n for n in servers if (not n.endswith("-unbatched") or c == UNBATCHED_AT)
+                 and (not n.endswith("-open") or c in OPEN_AT)]
         names = names[i % len(names):] + names[:i % len(names)]
         for name in names:
             rounds = sorted((asyncio.run(_point(servers[name], model, c, b, args.seconds, args.warmup))
@@ -199,6 +204,10 @@ def start_loopline(running: contextlib.ExitStack, work: Path) -> dict[str, str]:
         **common, "LOOPLINE_REGISTRY_ADDR": registry, "LOOPLINE_INFERENCE_MAX_BATCH": "1"}})
     unbatched.start(names=("inference",))
     running.callback(unbatched.stop)
+    open_ = ServiceSet(env, work / "logs-loopline-open", {"inference": {
+        **common, "LOOPLINE_REGISTRY_ADDR": registry, "LOOPLINE_AUTH_MODE": "none"}})
+    open_.start(names=("inference",))
+    running.callback(open_.stop)
 
     async def setup() -> None:
         rc = RegistryClient(registry)
@@ -209,7 +218,8 @@ def start_loopline(running: contextlib.ExitStack, work: Path) -> dict[str, str]:
         await set_alias(registry, "fraud", "champion", v.version)
 
     asyncio.run(setup())
-    out = {"loopline": batched.addr("inference"), "loopline-unbatched": unbatched.addr("inference")}
+    out = {"loopline": batched.addr("inference"), "loopline-unbatched": unbatched.addr("inference"),
+           "loopline-open": open_.addr("inference")}
     for addr in out.values():
         asyncio.run(_ready(addr, "fraud", 60))
     return out
@@ -229,6 +239,12 @@ def ratios(points: list[dict[str, Any]]) -> dict[str, Any]:
                     out[f"loopline/{peer_name} rps c={c} b={b}"] = round(ours["rps"] / theirs["rps"], 2)
                     if ours["p99_ms"] and theirs["p99_ms"]:
                         out[f"loopline/{peer_name} p99 c={c} b={b}"] = round(ours["p99_ms"] / theirs["p99_ms"], 2)
+        for c in OPEN_AT:
+            ours, opened = by.get(("loopline", c, b)), by.get(("loopline-open", c, b))
+            if ours and opened and opened["rps"]:
+                out[f"token/no-auth rps c={c} b={b}"] = round(ours["rps"] / opened["rps"], 3)
+                if ours["p50_ms"] and opened["p50_ms"]:
+                    out[f"token/no-auth p50 c={c} b={b}"] = round(ours["p50_ms"] / opened["p50_ms"], 3)
         unb = by.get(("loopline-unbatched", UNBATCHED_AT, b))
         ours = by.get(("loopline", UNBATCHED_AT, b))
         if unb and ours and unb["rps"]:
