@@ -26,8 +26,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
-from loopline_cli.init import CLIENTS, init_command
-from loopline_core.auth import parse_tokens
+from loopline_cli.init import init_command
+from loopline_core.auth import CLIENTS, parse_tokens
 from loopline_core.kafka import TopicNamer
 from loopline_core.objstore import BUCKETS, ObjectStore
 from loopline_core.settings import CoreSettings

@@ -17,58 +17,20 @@ Connections come from the usual ``LOOPLINE_*`` variables. No secret value is pri
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from loopline_core.auth import ensure_tokens
 from loopline_core.kafka import TopicNamer, ensure_topics
 from loopline_core.objstore import BUCKETS, ObjectStore
 from loopline_core.settings import CoreSettings, load
 from loopline_core.signing import init_keys
 
-CLIENTS = ("ingest", "validator", "feature", "trainer", "registry", "inference", "monitor", "retrainer", "operator")
-"""Who gets a token: each service (as a client of the others) and the operator (CLI, demo)."""
-
 
 def _say(message: str) -> None:
     typer.echo(f"loopline-init: {message}", err=True)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Create ``path`` 0600 (never readable by others in between) with ``text``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    path.chmod(0o600)
-
-
-def ensure_tokens(auth_dir: Path, clients: tuple[str, ...] = CLIENTS) -> list[str]:
-    """A token in ``auth_dir/tokens`` and ``auth_dir/<client>.token`` for every client that has none yet;
-    the clients given one. Existing lines are kept as they are (a client may hold several during a
-    rotation; its ``.token`` file is its last)."""
-    auth_dir.mkdir(parents=True, exist_ok=True)
-    auth_dir.chmod(0o700)
-    table = auth_dir / "tokens"
-    text = table.read_text() if table.is_file() else ""
-    known: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split("#", 1)[0].split()
-        if len(parts) == 2:
-            known[parts[0]] = parts[1]
-    new = [c for c in clients if c not in known]
-    if new:
-        made = {c: secrets.token_urlsafe(32) for c in new}
-        prefix = text if not text or text.endswith("\n") else text + "\n"
-        _write_private(table, prefix + "".join(f"{client} {token}\n" for client, token in made.items()))
-        known.update(made)
-    for client, token in known.items():
-        mine = auth_dir / f"{client}.token"
-        if client in new or not mine.is_file():
-            _write_private(mine, token + "\n")
-    return new
 
 
 async def _buckets(store: ObjectStore, deadline: float) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 
-from loopline_core.settings import AuthSettings, load
+from loopline_core.settings import AuthSettings
 
 REFUSED = "missing or invalid credentials"
 """The one message every refused call gets (gRPC UNAUTHENTICATED, HTTP 401)."""
@@ -151,10 +152,6 @@ class ServerAuth:
         except ValueError as exc:
             raise SystemExit(f"loopline-{service}: LOOPLINE_AUTH_TOKENS_FILE: {exc}") from None
 
-    @classmethod
-    def from_env(cls, service: str = "service") -> ServerAuth:
-        return cls.from_settings(load(AuthSettings, service), service)
-
     def identify_token(self, authorization: str | bytes | None) -> str | None:
         """Mode ``token``: the client an ``Authorization`` value names, or None (refuse)."""
         if self.mode == "none":
@@ -233,10 +230,45 @@ def client_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("LOOPLINE_AUTH_") and k != "LOOPLINE_AUTH_TOKENS_FILE"}
 
 
-def write_tokens(path: Path, tokens: dict[str, str]) -> None:
-    """Write a tokens file readable by its owner only (created 0600, never world-readable in between)."""
+def write_private(path: Path, text: str) -> None:
+    """Create ``path`` 0600 (never readable by others in between) with ``text``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("".join(f"{client} {token}\n" for client, token in tokens.items()))
+        f.write(text)
     path.chmod(0o600)
+
+
+def write_tokens(path: Path, tokens: dict[str, str]) -> None:
+    """Write a tokens file readable by its owner only."""
+    write_private(path, "".join(f"{client} {token}\n" for client, token in tokens.items()))
+
+
+CLIENTS = ("ingest", "validator", "feature", "trainer", "registry", "inference", "monitor", "retrainer", "operator")
+"""Who gets a token: each service (as a client of the others) and the operator (CLI, demo, tests)."""
+
+
+def ensure_tokens(auth_dir: Path, clients: tuple[str, ...] = CLIENTS) -> list[str]:
+    """A token in ``auth_dir/tokens`` (what servers check) and ``auth_dir/<client>.token`` (what the client
+    sends) for every client that has none yet; the clients given one. Existing lines are kept as they are
+    (a client may hold several during a rotation; its ``.token`` file is its last)."""
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    auth_dir.chmod(0o700)
+    table = auth_dir / "tokens"
+    text = table.read_text() if table.is_file() else ""
+    known: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 2:
+            known[parts[0]] = parts[1]
+    new = [c for c in clients if c not in known]
+    if new:
+        made = {c: secrets.token_urlsafe(32) for c in new}
+        prefix = text if not text or text.endswith("\n") else text + "\n"
+        write_private(table, prefix + "".join(f"{client} {token}\n" for client, token in made.items()))
+        known.update(made)
+    for client, token in known.items():
+        mine = auth_dir / f"{client}.token"
+        if client in new or not mine.is_file():
+            write_private(mine, token + "\n")
+    return new

@@ -5,9 +5,7 @@ OpenTelemetry's client interceptors)."""
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -128,14 +126,13 @@ async def start_server(adders: Iterable[Callable[[grpc.aio.Server], None]], port
                        health_services: Iterable[str] = (), host: str = "127.0.0.1", *,
                        health_servicer: health.aio.HealthServicer | None = None,
                        serving: bool = True, reflect: Iterable[str] = (),
-                       auth: ServerAuth | None = None) -> tuple[grpc.aio.Server, int]:
+                       auth: ServerAuth) -> tuple[grpc.aio.Server, int]:
     """Start an aio gRPC server with the standard health service; return it and its bound port.
 
-    ``auth`` (default: from ``LOOPLINE_AUTH_*``; a mode without what it needs stops the service with
-    one line) decides who may call: a bearer token or a client certificate (mTLS: a TLS port).
+    ``auth`` (``ServerAuth.from_settings``, built by the composition root before anything starts)
+    decides who may call: a bearer token or a client certificate (mTLS: a TLS port).
     A service that is not ready at start (inference before its models load) passes its own
     ``health_servicer`` and ``serving=False``, and sets SERVING itself once it is."""
-    auth = auth or ServerAuth.from_env(_service_name())
     otel = aio_server_interceptor()  # type: ignore[no-untyped-call]
     server = grpc.aio.server(interceptors=[otel, AuthInterceptor(auth), ServerInterceptor()],
                              options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -159,13 +156,6 @@ async def start_server(adders: Iterable[Callable[[grpc.aio.Server], None]], port
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING if serving
                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
     return server, bound
-
-
-def _service_name() -> str:
-    """``registry`` for ``python -m loopline_registry`` (the one-line start-up error names the service)."""
-    main = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    package = main.parent.name if main.name == "__main__.py" else main.stem
-    return package.removeprefix("loopline_") or "service"
 
 
 # ---- clients ------------------------------------------------------------------------------------

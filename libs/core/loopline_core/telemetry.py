@@ -77,8 +77,3 @@ def inject_metadata(metadata: Sequence[tuple[str, str]] = ()) -> list[tuple[str,
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [*metadata, *carrier.items()]
-
-
-def extract_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> context.Context:
-    carrier = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (metadata or [])}
-    return propagate.extract(carrier)

@@ -26,8 +26,6 @@ from loopline_stack import procs
 
 DATABASE = "loopline"
 KAFKA_BUCKET = "loopline-kafka"
-CLIENTS = ("ingest", "validator", "feature", "trainer", "registry", "inference", "monitor", "retrainer", "operator")
-"""Who gets a token in the local stack: each service (as a client of the others) and the operator."""
 
 
 class StackError(RuntimeError):
@@ -467,16 +465,10 @@ class Stack:
         """Random bearer tokens, one per service and one for operators (the CLI, the demo, the tests):
         ``auth/tokens`` (0600) is what the servers check, ``auth/<client>.token`` (0600) what each
         client sends. Only the paths go into the stack's variables, never a value."""
-        from loopline_core.auth import write_tokens  # noqa: PLC0415
+        from loopline_core.auth import ensure_tokens  # noqa: PLC0415
 
         auth = self.dir / "auth"
-        auth.mkdir(mode=0o700, exist_ok=True)
-        tokens = {client: secrets.token_urlsafe(32) for client in CLIENTS}
-        write_tokens(auth / "tokens", tokens)
-        for client, token in tokens.items():
-            fd = os.open(auth / f"{client}.token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
+        ensure_tokens(auth)
         state.env["LOOPLINE_AUTH_MODE"] = "token"
         state.env["LOOPLINE_AUTH_TOKENS_FILE"] = str(auth / "tokens")
         state.env["LOOPLINE_AUTH_TOKEN_FILE"] = str(auth / "operator.token")

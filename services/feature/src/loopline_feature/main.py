@@ -7,6 +7,7 @@ import logging
 
 from loopline.feature.v1 import feature_pb2_grpc
 from loopline_core import runtime
+from loopline_core.auth import ServerAuth
 from loopline_core.contracts import Contracts
 from loopline_core.db import create_pool, migrate
 from loopline_core.grpcx import start_server
@@ -23,6 +24,7 @@ from loopline_feature.settings import Settings
 
 async def main(stop: asyncio.Event) -> None:
     settings = load(Settings, "feature")
+    auth = ServerAuth.from_settings(settings, "feature")  # before anything starts: a missing file is one line
     views = catalog.load(settings.feature_views_dir)  # a broken view file stops the start, with its reason
     rt = await start_runtime("feature", settings)
     # The store keeps no session state (transaction-scoped locks only): no reset round trip per read.
@@ -38,7 +40,7 @@ async def main(stop: asyncio.Event) -> None:
     servicer = FeatureServicer(store, objects, views, settings.feature_max_entities)
     server, port = await start_server([lambda s: feature_pb2_grpc.add_FeatureServiceServicer_to_server(servicer, s)],
                                       settings.feature_port, ["loopline.feature.v1.FeatureService"],
-                                      host=settings.bind_host)
+                                      host=settings.bind_host, auth=auth)
     logging.getLogger(__name__).info("serving", extra={"grpc_port": port, "views": sorted(views.by_ref)})
     rt.closers += [lambda: server.stop(5), pool.close]
     await serve_until(rt, stop)
